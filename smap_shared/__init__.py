@@ -1,0 +1,1 @@
+"""Shared code of the SMAP anomaly detection chain: schemas, settings, fleet config, data, model."""

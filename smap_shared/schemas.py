@@ -1,0 +1,156 @@
+"""Message schemas, defined once and used by producers and consumers alike.
+
+Topic `smap-telemetry`          : TelemetryMessage (key: stream id, e.g. "SAT-001/A-1")
+Celery task kwargs              : InferenceTask
+Topic `smap-inference-results`  : InferenceResult (key: stream id)
+Topic `smap-telemetry-dlq`      : DeadLetter
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+
+SENSOR_KEY = re.compile(r"^sensor_(\d+)$")
+
+
+def _utc(ts: datetime) -> datetime:
+    if ts.tzinfo is None:
+        raise ValueError("timestamp must carry a timezone (ISO-8601, e.g. 2026-11-28T09:00:00Z)")
+    return ts.astimezone(UTC)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc), PlainSerializer(_iso, return_type=str)]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sensor_keys(n: int) -> list[str]:
+    return [f"sensor_{i}" for i in range(n)]
+
+
+def _check_sensor_dict(d: dict[str, Any], what: str) -> None:
+    if not d:
+        raise ValueError(f"{what} is empty")
+    idx = []
+    for key in d:
+        m = SENSOR_KEY.match(key)
+        if not m:
+            raise ValueError(f"{what}: key {key!r} is not of the form sensor_<i>")
+        idx.append(int(m.group(1)))
+    if sorted(idx) != list(range(len(idx))):
+        raise ValueError(f"{what}: keys must be sensor_0..sensor_{len(idx) - 1} without gaps")
+
+
+def ordered_values(d: dict[str, float]) -> list[float]:
+    """Sensor values in sensor index order (sensor_0, sensor_1, ...)."""
+    return [d[k] for k in sensor_keys(len(d))]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TelemetryMessage(_Frozen):
+    satellite_id: str = Field(min_length=1, max_length=64)
+    entity: str = Field(min_length=1, max_length=64)
+    timestamp: UtcDatetime
+    index: int = Field(ge=0)
+    sensors: dict[str, float]
+    ground_truth_labels: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("sensors")
+    @classmethod
+    def _sensors(cls, v: dict[str, float]) -> dict[str, float]:
+        _check_sensor_dict(v, "sensors")
+        bad = [k for k, x in v.items() if not math.isfinite(x)]
+        if bad:
+            raise ValueError(f"sensors not finite (NaN/Inf): {', '.join(bad)}")
+        return v
+
+    @field_validator("ground_truth_labels")
+    @classmethod
+    def _labels(cls, v: dict[str, int]) -> dict[str, int]:
+        if v:
+            _check_sensor_dict(v, "ground_truth_labels")
+            if any(x not in (0, 1) for x in v.values()):
+                raise ValueError("ground_truth_labels must be 0 or 1")
+        return v
+
+    @property
+    def stream_id(self) -> str:
+        return f"{self.satellite_id}/{self.entity}"
+
+    def sensor_vector(self) -> list[float]:
+        return ordered_values(self.sensors)
+
+
+class InferenceTask(_Frozen):
+    """kwargs of Celery task `smap_analysis.tasks.run_omnianomaly_inference`."""
+
+    satellite_id: str
+    entity: str
+    sensor_values: list[float] = Field(min_length=1)
+    index: int = Field(ge=0)
+    timestamp: UtcDatetime
+    ground_truth_labels: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def stream_id(self) -> str:
+        return f"{self.satellite_id}/{self.entity}"
+
+    @classmethod
+    def from_telemetry(cls, msg: TelemetryMessage) -> InferenceTask:
+        return cls(
+            satellite_id=msg.satellite_id, entity=msg.entity, sensor_values=msg.sensor_vector(),
+            index=msg.index, timestamp=msg.timestamp, ground_truth_labels=msg.ground_truth_labels,
+        )
+
+
+class InferenceResult(_Frozen):
+    stream_id: str
+    satellite_id: str
+    entity: str
+    model_name: str
+    timestamp: UtcDatetime
+    index: int
+    sensor_values: dict[str, float]
+    reconstruction: dict[str, float]
+    sensor_error: dict[str, float]
+    anomaly_score: float
+    anomaly_detected: bool
+    threshold: float
+    inference_time_ms: float
+    ground_truth_labels: dict[str, int] = Field(default_factory=dict)
+    duplicate: bool = False  # the model had already applied this index (a redelivery): outputs replayed
+    gap: int = 0  # steps skipped before this one (indices never received)
+
+
+class DeadLetter(_Frozen):
+    reason: str
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None
+    raw_payload: str
+    payload_encoding: str = "utf-8"  # or "base64" when the bytes were not valid UTF-8
+    service: str
+    received_at: UtcDatetime = Field(default_factory=utc_now)
+
+    @staticmethod
+    def encode_payload(raw: bytes) -> tuple[str, str]:
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii"), "base64"

@@ -1,0 +1,77 @@
+"""One frozen pydantic-settings class per service. Every field is read from the environment variable of
+the same name in upper case (e.g. KAFKA_BOOTSTRAP_SERVERS); defaults suit the native single-host mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_file=None)
+
+    kafka_bootstrap_servers: str = "localhost:9092"
+    telemetry_topic: str = "smap-telemetry"
+    results_topic: str = "smap-inference-results"
+    dlq_topic: str = "smap-telemetry-dlq"
+    fleet_file: Path | None = None  # None: the packaged fleet.toml
+    log_level: str = "INFO"
+
+
+class _CelerySettings(_Settings):
+    celery_broker_url: str = "amqp://guest:guest@localhost:5672//"
+    celery_result_backend: str = "redis://localhost:6379/1"
+    #: Streams are spread over this many ordered shard queues (one worker process each); every service
+    #: that routes or consumes tasks must agree on it.
+    inference_shards: int = Field(default=2, ge=1, le=64)
+
+
+class SimulatorSettings(_Settings):
+    #: Seconds between frames of one stream: 30 (real SMAP cadence), 5 (the spec's development default),
+    #: 0 (as fast as the chain takes it).
+    simulator_interval_s: float = Field(default=5.0, ge=0)
+    simulator_start_index: int = Field(default=0, ge=0)
+    simulator_max_steps: int | None = Field(default=None, ge=1)  # per stream; None: the whole test split
+    simulator_loop: bool = False  # at the end of the split: start over (True) or stop (False)
+    simulator_entities: str = ""  # comma-separated filter like "A-1,P-1"; empty: the whole fleet
+    smap_data_dir: Path | None = None  # official telemanom layout; None: the vendored copy
+    metrics_port: int = 9301
+
+
+class TriggerSettings(_CelerySettings):
+    trigger_group_id: str = "smap-inference-trigger"
+    kafka_fetch_max_wait_ms: int = 20  # Tansu holds every fetch this long: keep it low for latency
+    metrics_port: int = 9302
+
+
+class WorkerSettings(_CelerySettings):
+    triton_url: str = "localhost:8100"
+    triton_timeout_s: float = 10.0
+    #: Transient Triton/Kafka failures are retried inside the task, in place, so a stream's order holds
+    #: (Celery's retry() would re-queue at the tail, behind later steps).
+    inference_retry_attempts: int = Field(default=8, ge=1)
+    inference_retry_backoff_s: float = Field(default=0.2, gt=0)
+    metrics_port: int = 9310  # shard k serves on metrics_port + k
+
+
+class ConsumerSettings(_Settings):
+    consumer_group_id: str = "smap-victoria-consumer"
+    victoria_url: str = "http://localhost:8428"
+    consumer_batch_max: int = Field(default=500, ge=1)
+    consumer_flush_interval_s: float = Field(default=0.2, gt=0)
+    kafka_fetch_max_wait_ms: int = 20
+    metrics_port: int = 9304
+
+
+class TritonSettings(_Settings):
+    triton_http_port: int = 8100
+    triton_grpc_port: int = 8101
+    triton_metrics_port: int = 8102
+    triton_model_repository: Path = Path("triton-omnianomaly/models")
+    checkpoint_dir: Path = Path("checkpoints")
+    #: Redis URL where the models write each stream's state through; empty disables persistence.
+    model_state_redis_url: str = "redis://localhost:6379/2"
+    #: KIND_GPU when a GPU is visible at generation time, else KIND_CPU; "auto" decides.
+    triton_instance_kind: str = "auto"

@@ -1,0 +1,1 @@
+"""Triton side: model repository generation, the launcher for the pip-installed tritonserver, a client."""
