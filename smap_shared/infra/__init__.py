@@ -1,0 +1,1 @@
+"""Helpers for the local infrastructure (ports, service endpoints); the scripts live in scripts/."""
