@@ -97,7 +97,7 @@ class VendoredSource:
     def _array(self, split: str, channel: str) -> Array:
         try:
             values = self._npz[f"{split}/{channel}/values"].astype(np.float64)
-            flags = self._npz[f"{split}/{channel}/flags"]
+            flags = self._npz[f"{split}/{channel}/flags"].astype(np.uint8)
             width = int(self._npz[f"{split}/{channel}/width"])
         except KeyError as exc:
             raise KeyError(f"unknown channel {channel!r}; known: {', '.join(self.channels())}") from exc

@@ -28,7 +28,7 @@ def pack(src: Path, dest_dir: Path) -> Path:
             arrays[f"{split}/{chan}/flags"] = np.packbits(flags.astype(np.uint8), axis=1)
             arrays[f"{split}/{chan}/width"] = np.array(arr.shape[1])
     out = dest_dir / "smap.npz"
-    np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
+    np.savez_compressed(out, **arrays)
     shutil.copyfile(src / "labeled_anomalies.csv", dest_dir / "labeled_anomalies.csv")
     return out
 

@@ -44,7 +44,7 @@ class Checkpoint:
         path.parent.mkdir(parents=True, exist_ok=True)
         # np.savez appends .npz to a bare name; write through a handle to keep `model.ckpt`.
         with path.open("wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:

@@ -9,7 +9,7 @@ N_HIDDEN = 32
 N_LATENT = 8
 
 
-class OmniAnomaly(nn.Module):  # type: ignore[misc]
+class OmniAnomaly(nn.Module):
     """2-layer GRU + VAE. Stateful: the hidden state returned for step t is passed in for step t+1.
 
     Unlike the widely copied reference implementation, which replaces the hidden state with random noise

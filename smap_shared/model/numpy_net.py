@@ -20,12 +20,14 @@ N_LATENT = 8
 
 def _sigmoid(x: Array) -> Array:
     # tanh form: never overflows, and agrees with torch.sigmoid to float64 rounding (~1e-16).
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    out: Array = 0.5 * (1.0 + np.tanh(0.5 * x))
+    return out
 
 
 def _prelu(x: Array, a: Array) -> Array:
     # Exact for any slope a (no rounding differs from torch's PReLU), and cheaper than np.where.
-    return np.maximum(x, 0.0) + a * np.minimum(x, 0.0)
+    out: Array = np.maximum(x, 0.0) + a * np.minimum(x, 0.0)
+    return out
 
 
 class NumpyOmniAnomaly:

@@ -160,7 +160,7 @@ class RedisStateStore:
             if key.endswith(":hist"):
                 continue
             sid = key[len(self.prefix):]
-            h = self.r.hgetall(key)
+            h: dict[bytes, bytes] = self.r.hgetall(key)  # type: ignore[assignment]
             shape = tuple(json.loads(h[b"shape"]))
             hidden = np.frombuffer(h[b"hidden"], dtype="<f8").reshape(shape).astype(np.float64)
             last = h[b"last_index"].decode()

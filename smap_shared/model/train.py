@@ -74,7 +74,7 @@ def train_entity(data: ChannelData, cfg: TrainConfig) -> Checkpoint:
             kld = -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
             loss = mse + cfg.beta * kld
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
     weights = {k: v.detach().double().numpy().copy() for k, v in model.state_dict().items()}
     train_scores = score_sequence_torch(weights, data.n_sensors, z)

@@ -119,7 +119,7 @@ def test_wrong_width_is_a_clear_error(server: TritonServer) -> None:
 def test_no_stream_id_uses_one_default_stream(
     server: TritonServer, reference: dict[str, tuple[np.ndarray, SequenceOutput]]
 ) -> None:
-    seq, ref = reference["D-1"]
+    seq, _ = reference["D-1"]
     RedisStateStore(REDIS_URL, "smap_D-1").r.delete("smap:state:smap_D-1:__default__")
     client = OmniAnomalyClient(server.url)
     # the default stream may hold state from an earlier run of the same server: compare deltas only
