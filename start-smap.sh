@@ -76,12 +76,27 @@ docker_mode() {
   compose="$(compose_cmd)" || die "neither 'docker compose' nor 'docker-compose' works here; use --native"
   read -r -a dc <<<"$compose"
   dc+=(-f "$COMPOSE_FILE")
+  # Hosts without an NVIDIA GPU run the same images with KIND_CPU models and no device reservation.
+  if ! nvidia-smi -L >/dev/null 2>&1; then
+    log "no NVIDIA GPU found: adding docker-compose.cpu.yml (KIND_CPU)"
+    dc+=(-f docker-compose.cpu.yml)
+  fi
+  if [[ ! -f .env ]]; then
+    cp .env.example .env
+    log "warning: .env was missing; copied .env.example. Replace its change-me passwords before exposing anything."
+  fi
+  [[ -n "${SMAP_GRAFANA:-}" ]] && dc+=(--profile grafana)
   case "$cmd" in
-    start) "${dc[@]}" up -d; print_urls ;;
+    start) "${dc[@]}" up -d --build; "${dc[@]}" ps ;;
     stop) "${dc[@]}" down ;;
     status) "${dc[@]}" ps ;;
     restart) "${dc[@]}" restart ;;
-    logs) "${dc[@]}" logs -f "$@" ;;
+    logs)
+      if [[ "${1:-}" == smap-analysis-worker ]]; then
+        shift; "${dc[@]}" logs -f smap-analysis-worker-0 smap-analysis-worker-1 "$@"
+      else
+        "${dc[@]}" logs -f "$@"
+      fi ;;
   esac
 }
 
