@@ -162,7 +162,7 @@ EOF
     program triton "$ROOT" 10 "$VENV/bin/python -m smap_shared.triton.launcher --foreground"
     for ((k = 0; k < INFERENCE_SHARDS; k++)); do
       program "worker-shard$k" "$worker_dir" 20 \
-        "$celery -A smap_analysis.celery_app worker -Q smap-inference-shard-$k -c 1 --prefetch-multiplier 1 -n shard$k@%%h --pool solo -E" \
+        "$celery -A smap_analysis.celery_app worker -Q smap-inference-shard-$k -c 1 --prefetch-multiplier 1 -n shard$k@%%h --pool threads -E" \
         "SHARD_INDEX=\"$k\""
       workers+=("worker-shard$k")
     done

@@ -479,7 +479,7 @@ def test_worker_and_flower_commands() -> None:
     for name in workers():
         assert effective_command(name) == shlex.split(
             "exec celery -A smap_analysis.celery_app worker -Q smap-inference-shard-${SHARD_INDEX} -c 1 "
-            "--prefetch-multiplier 1 -n shard${SHARD_INDEX}@%h --pool solo -E"
+            "--prefetch-multiplier 1 -n shard${SHARD_INDEX}@%h --pool threads -E"
         )
         assert workdir(name) == "/app/smap-analysis-worker"
     flower = ["celery", "-A", "smap_analysis.celery_app", "flower", "--port=5555"]

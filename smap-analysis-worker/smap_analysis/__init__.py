@@ -1,0 +1,1 @@
+"""smap-analysis-worker: Celery workers, one per shard queue, running OmniAnomaly inference on Triton."""

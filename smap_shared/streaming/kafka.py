@@ -1,0 +1,100 @@
+"""aiokafka producer and consumer factories shared by the services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_STEP_TIMEOUT_S = 10.0
+
+
+class AckedSender(Protocol):
+    """What the services need of a producer for one-off messages (AIOKafkaProducer fits)."""
+
+    async def send_and_wait(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> Any: ...
+
+
+async def start_producer(
+    bootstrap_servers: str, *, client_id: str, idempotence: bool = True, linger_ms: int = 0
+) -> AIOKafkaProducer:
+    """A started producer that waits for all in-sync replicas (acks=all).
+
+    Idempotence (no duplicates from the producer's own retries) is asked for first; brokers that refuse
+    it (Tansu answers InitProducerId with an unknown error) get a plain acks=all producer instead. Every
+    consumer downstream tolerates duplicates (the model replays a redelivered index), so this only costs
+    an occasional duplicate frame.
+    """
+    if idempotence:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers, client_id=client_id, acks="all",
+            enable_idempotence=True, linger_ms=linger_ms,
+        )
+        try:
+            await producer.start()
+            return producer
+        except KafkaConnectionError:
+            await producer.stop()
+            raise
+        except KafkaError as exc:
+            await producer.stop()
+            log.warning("broker refused an idempotent producer (%r): using acks=all without idempotence", exc)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, client_id=client_id, acks="all", linger_ms=linger_ms
+    )
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
+
+
+def make_consumer(
+    topic: str, *, bootstrap_servers: str, group_id: str, client_id: str, fetch_max_wait_ms: int,
+    max_poll_records: int = 500,
+) -> AIOKafkaConsumer:
+    """A consumer-group member that commits by hand (after the message's effect is durable elsewhere)
+    and starts from the earliest offset when its group has none committed."""
+    return AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap_servers, group_id=group_id, client_id=client_id,
+        enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=fetch_max_wait_ms,
+        max_poll_records=max_poll_records,
+    )
+
+
+def key_text(record: ConsumerRecord) -> str | None:
+    key = record.key
+    if key is None:
+        return None
+    return key.decode("utf-8", errors="replace") if isinstance(key, bytes) else str(key)
+
+
+async def commit(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> bool:
+    """Commit `offsets` (next offset to read, per partition); False when the group rebalanced meanwhile
+    (the records are then redelivered to the new owner: at-least-once)."""
+    if not offsets:
+        return True
+    try:
+        await consumer.commit(dict(offsets))
+        return True
+    except KafkaError as exc:
+        log.warning("offset commit failed (%r); the uncommitted records will be redelivered", exc)
+        return False
+
+
+async def settle(step: Awaitable[object], what: str, timeout_s: float = SHUTDOWN_STEP_TIMEOUT_S) -> None:
+    """One shutdown step, bounded and never raising: a failed commit or close must not keep the others
+    from running (nor hang a process whose loop is being torn down)."""
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except Exception as exc:
+        log.warning("%s failed during shutdown: %r", what, exc)

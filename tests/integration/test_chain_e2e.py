@@ -1,0 +1,195 @@
+"""End to end on the real broker, RabbitMQ, Redis, Triton and VictoriaMetrics (the correctness spine).
+
+The simulator replays 300 steps of all 9 fleet entities at full speed; every (stream, index) must reach
+`smap-inference-results` with the score the offline model gives over the same sequence; VictoriaMetrics must
+hold every metric with the right labels and exactly one sample per (series, timestamp); malformed telemetry
+must land in the DLQ with its reason while the rest flows. Run twice: undisturbed, and with a worker shard
+SIGKILLed mid-stream and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smap_shared.data import VendoredSource
+from smap_shared.fleet import default_fleet, stream_id
+from smap_shared.infra.chain import Chain
+from smap_shared.model.checkpoint import Checkpoint
+from smap_shared.model.scorer import Scorer
+from smap_shared.schemas import DeadLetter, InferenceResult
+
+pytestmark = pytest.mark.integration
+
+START, STEPS = 4500, 300  # crosses the labelled anomalies of A-1, A-3, P-1, G-1
+STREAMS = default_fleet().streams()
+ENTITIES = [e for _, e in STREAMS]
+METRICS = {
+    "smap_anomaly_score": False, "smap_anomaly_detected": False, "smap_anomaly_threshold": False,
+    "smap_inference_time_ms": False, "smap_ground_truth_anomaly": False,
+    "smap_sensor_value": True, "smap_sensor_reconstruction": True, "smap_sensor_error": True,
+    "smap_sensor_ground_truth": True,
+}
+BAD_MESSAGES: list[tuple[bytes, str]] = [
+    (b"not json at all", "json"),
+    (json.dumps({"satellite_id": "SAT-001", "entity": "A-1"}).encode(), "missing"),
+    (b'{"satellite_id":"SAT-001","entity":"A-1","timestamp":"2026-11-28T00:00:00Z","index":1,'
+     b'"sensors":{"sensor_0":NaN}}', "nan"),
+    (json.dumps({"satellite_id": "SAT-001", "entity": "A-1", "timestamp": "2026-11-28T00:00:00Z",
+                 "index": 1, "sensors": {"sensor_0": 0.5}}).encode(), "sensor"),
+    (json.dumps({"satellite_id": "SAT-001", "entity": "Z-9", "timestamp": "2026-11-28T00:00:00Z",
+                 "index": 1, "sensors": {f"sensor_{i}": 0.0 for i in range(25)}}).encode(), "z-9"),
+]
+
+
+async def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def _consume(bootstrap: str, topic: str, want: int, timeout: float) -> list[bytes]:
+    """Read the topic from the beginning until `want` messages arrived or `timeout` passed."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None, fetch_max_wait_ms=50)
+    await consumer.start()
+    out: list[bytes] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(out) < want and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            out.extend(m.value for msgs in batch.values() for m in msgs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _vm_export(chain: Chain, match: str) -> list[dict[str, object]]:
+    with urllib.request.urlopen(f"{chain.vm_url()}/internal/force_flush", timeout=10):
+        pass
+    q = urllib.parse.urlencode({"match[]": match, "start": "0"})
+    with urllib.request.urlopen(f"{chain.vm_url()}/api/v1/export?{q}", timeout=30) as resp:
+        return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def chain(tmp_path: Path, quick_ckpt_dir: Path) -> Iterator[Chain]:
+    c = Chain(quick_ckpt_dir, ENTITIES, tmp_path)
+    try:
+        c.start_infra()
+        c.start_triton()
+        c.start_services()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def offline(quick_ckpt_dir: Path) -> dict[str, Scorer]:
+    return {e: Scorer(Checkpoint.load(quick_ckpt_dir / f"{e}.ckpt")) for e in ENTITIES}
+
+
+@pytest.mark.parametrize("kill_worker", [False, True], ids=["undisturbed", "worker-sigkill"])
+def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker: bool) -> None:
+    bootstrap = f"localhost:{chain.kafka_port}"
+    total = len(STREAMS) * STEPS
+    # malformed telemetry first, so the trigger meets it before the stream and must carry on past it
+    asyncio.run(_produce(bootstrap, "smap-telemetry", [(b"SAT-001/A-1", v) for v, _ in BAD_MESSAGES]))
+    if kill_worker:
+        import threading
+
+        def killer() -> None:
+            # once about a third of the results are out, SIGKILL shard 0 mid-stream and start it again
+            got = asyncio.run(_consume(bootstrap, "smap-inference-results", total // 3, 240))
+            assert len(got) >= total // 3
+            chain.kill("worker-shard0")
+            chain.start_worker(0)
+
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+    chain.run_simulator(START, STEPS)
+    if kill_worker:
+        t.join(300)
+        assert "worker-shard0" in chain.procs, "the worker was never killed and restarted"
+
+    raw = asyncio.run(_consume(bootstrap, "smap-inference-results", total, 300))
+    results = [InferenceResult.model_validate_json(r) for r in raw]
+    by_key: dict[tuple[str, int], list[InferenceResult]] = defaultdict(list)
+    for r in results:
+        by_key[(r.stream_id, r.index)].append(r)
+    expected = {(stream_id(s, e), START + i) for s, e in STREAMS for i in range(STEPS)}
+    assert set(by_key) == expected, f"missing {len(expected - set(by_key))} (stream, index) pairs"
+
+    # every score equals the offline model over the same sequence; redeliveries carry identical outputs
+    source = VendoredSource()
+    for sat, entity in STREAMS:
+        seq = source.load(entity).test[START : START + STEPS]
+        ref = offline[entity].run(seq)
+        for i in range(STEPS):
+            for r in by_key[(stream_id(sat, entity), START + i)]:
+                assert r.satellite_id == sat and r.entity == entity
+                assert abs(r.anomaly_score - ref.anomaly_score[i]) <= 1e-6, (entity, i)
+                np.testing.assert_allclose(
+                    [r.reconstruction[f"sensor_{j}"] for j in range(seq.shape[1])], ref.reconstruction[i],
+                    atol=1e-6, rtol=0)
+                np.testing.assert_allclose(
+                    [r.sensor_error[f"sensor_{j}"] for j in range(seq.shape[1])], ref.sensor_error[i],
+                    atol=1e-6, rtol=0)
+                assert r.anomaly_detected == bool(ref.anomaly_detected[i])
+                assert r.sensor_values == {f"sensor_{j}": float(seq[i, j]) for j in range(seq.shape[1])}
+                label = int(any(START + i in iv for iv in source.load(entity).labels))
+                assert set(r.ground_truth_labels.values()) == {label}
+
+    # the DLQ holds every malformed message with a reason, and the stream went on (checked above)
+    dlq = [DeadLetter.model_validate_json(m) for m in asyncio.run(
+        _consume(bootstrap, "smap-telemetry-dlq", len(BAD_MESSAGES), 60))]
+    assert len(dlq) == len(BAD_MESSAGES)
+    for letter, (payload, hint) in zip(sorted(dlq, key=lambda d: d.offset), BAD_MESSAGES, strict=True):
+        assert letter.raw_payload.encode() == payload
+        assert hint in letter.reason.lower(), (hint, letter.reason)
+
+    # VictoriaMetrics: every metric, right labels, exactly one sample per (series, timestamp)
+    def all_in_vm() -> bool:
+        series = _vm_export(chain, '{__name__="smap_anomaly_score"}')
+        return sum(len(s["values"]) for s in series) >= total  # type: ignore[arg-type]
+
+    chain.wait_for(all_in_vm, 120, "VictoriaMetrics to hold every anomaly score")
+    for name, per_sensor in METRICS.items():
+        series = _vm_export(chain, f'{{__name__="{name}"}}')
+        labels = {tuple(sorted(s["metric"].items())) for s in series}  # type: ignore[union-attr]
+        expected_series = sum(offline[e].n_sensors if per_sensor else 1 for e in ENTITIES)
+        assert len(labels) == len(series) == expected_series, name
+        for s in series:
+            metric = s["metric"]
+            assert isinstance(metric, dict)
+            keys = {"__name__", "satellite_id", "entity"} | ({"sensor"} if per_sensor else set())
+            assert set(metric) == keys, (name, metric)
+            assert (metric["satellite_id"], metric["entity"]) in STREAMS
+            stamps = s["timestamps"]
+            assert isinstance(stamps, list)
+            assert len(stamps) == len(set(stamps)) == STEPS, (name, metric, len(stamps))
+    scores = {
+        (s["metric"]["entity"], t): v  # type: ignore[index]
+        for s in _vm_export(chain, '{__name__="smap_anomaly_score"}')
+        for t, v in zip(s["timestamps"], s["values"], strict=True)  # type: ignore[call-overload]
+    }
+    for r in results:
+        ts = int(r.timestamp.timestamp() * 1000)
+        assert scores[(r.entity, ts)] == pytest.approx(r.anomaly_score, abs=1e-9)
