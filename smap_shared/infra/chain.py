@@ -124,7 +124,8 @@ class Chain:
         self._spawn(f"worker-shard{shard}", [
             str(VENV_BIN / "celery"), "-A", "smap_analysis.celery_app", "worker",
             "-Q", f"smap-inference-shard-{shard}", "-c", "1", "--prefetch-multiplier", "1",
-            "-n", f"shard{shard}-{self.run_id}@%h", "--pool", os.environ.get("CHAIN_WORKER_POOL", "threads"), "--without-gossip", "--without-mingle",
+            "-n", f"shard{shard}-{self.run_id}@%h", "--pool", os.environ.get("CHAIN_WORKER_POOL", "threads"),
+            "--without-gossip", "--without-mingle",
             "-E", "--loglevel", os.environ.get("CHAIN_WORKER_LOGLEVEL", "INFO"),
         ], env=self.env(SHARD_INDEX=str(shard)), cwd=REPO_ROOT / "smap-analysis-worker")
 
@@ -140,8 +141,8 @@ class Chain:
         self._spawn("trigger", [sys.executable, "smap-inference-trigger/main.py"], env=self.env())
         self._spawn("consumer", [sys.executable, "smap-victoria-consumer/main.py"], env=self.env())
 
-    def run_simulator(self, start: int, steps: int, timeout: float = 300) -> None:
-        env = self.env(SIMULATOR_INTERVAL_S="0", SIMULATOR_START_INDEX=str(start),
+    def run_simulator(self, start: int, steps: int, timeout: float = 300, interval_s: float = 0) -> None:
+        env = self.env(SIMULATOR_INTERVAL_S=str(interval_s), SIMULATOR_START_INDEX=str(start),
                        SIMULATOR_MAX_STEPS=str(steps), SIMULATOR_LOOP="false",
                        SIMULATOR_ENTITIES=",".join(self.entities))
         self._spawn("simulator", [sys.executable, "smap-simulator/main.py"], env=env)

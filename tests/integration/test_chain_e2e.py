@@ -39,14 +39,15 @@ METRICS = {
     "smap_sensor_ground_truth": True,
 }
 BAD_MESSAGES: list[tuple[bytes, str]] = [
-    (b"not json at all", "json"),
-    (json.dumps({"satellite_id": "SAT-001", "entity": "A-1"}).encode(), "missing"),
+    (b"not json at all", "invalid_json"),
+    (json.dumps({"satellite_id": "SAT-001", "entity": "A-1"}).encode(), "field required"),
     (b'{"satellite_id":"SAT-001","entity":"A-1","timestamp":"2026-11-28T00:00:00Z","index":1,'
-     b'"sensors":{"sensor_0":NaN}}', "nan"),
+     b'"sensors":{"sensor_0":NaN}}', "non_finite"),
     (json.dumps({"satellite_id": "SAT-001", "entity": "A-1", "timestamp": "2026-11-28T00:00:00Z",
-                 "index": 1, "sensors": {"sensor_0": 0.5}}).encode(), "sensor"),
+                 "index": 1, "sensors": {"sensor_0": 0.5}}).encode(), "sensor_count"),
     (json.dumps({"satellite_id": "SAT-001", "entity": "Z-9", "timestamp": "2026-11-28T00:00:00Z",
-                 "index": 1, "sensors": {f"sensor_{i}": 0.0 for i in range(25)}}).encode(), "z-9"),
+                 "index": 1, "sensors": {f"sensor_{i}": 0.0 for i in range(25)}}).encode(),
+     "unknown entity 'z-9'"),
 ]
 
 
@@ -166,11 +167,17 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
         assert hint in letter.reason.lower(), (hint, letter.reason)
 
     # VictoriaMetrics: every metric, right labels, exactly one sample per (series, timestamp)
+    seen: list[int] = [0]
+
     def all_in_vm() -> bool:
         series = _vm_export(chain, '{__name__="smap_anomaly_score"}')
-        return sum(len(s["values"]) for s in series) >= total  # type: ignore[arg-type]
+        seen[0] = sum(len(s["values"]) for s in series)  # type: ignore[arg-type]
+        return seen[0] >= total
 
-    chain.wait_for(all_in_vm, 120, "VictoriaMetrics to hold every anomaly score")
+    try:
+        chain.wait_for(all_in_vm, 240, "VictoriaMetrics to hold every anomaly score")
+    except TimeoutError as exc:
+        raise AssertionError(f"VictoriaMetrics holds {seen[0]} of {total} anomaly scores") from exc
     for name, per_sensor in METRICS.items():
         series = _vm_export(chain, f'{{__name__="{name}"}}')
         labels = {tuple(sorted(s["metric"].items())) for s in series}  # type: ignore[union-attr]

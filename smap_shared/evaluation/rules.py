@@ -1,0 +1,281 @@
+"""Decision rules: turn each step's model output into an alarm, causally, one step at a time.
+
+A rule is fitted on the TRAIN split's scores and per-sensor errors only (test labels are never seen) and
+then applied to a stream. Its parameters are JSON-serialisable (`to_dict` / `rule_from_dict`) and its
+per-stream memory is one flat float64 vector (`initial_state()`) that `step` updates in place, so a server
+keeps one vector per stream and can persist it. `run` makes the same `step` calls over a whole sequence, so
+the offline evaluation and a stream agree by construction (see the tests).
+
+* `FixedRule`: score > 0.16, the spec's threshold.
+* `TrainPotRule`: score > a peaks-over-threshold fit of the train scores (smap_shared.model.threshold, the
+  threshold the checkpoints carry).
+* `CausalNdtRule`: telemanom's nonparametric dynamic threshold (Hundman et al., KDD 2018) made causal, on
+  the absolute error of one column (by default column 0, the telemetry value the labels refer to; the
+  other columns are command flags). The error is smoothed by an exponentially weighted mean. Every
+  `stride` steps epsilon is re-chosen from the last `window` smoothed errors, all strictly in the past, as
+  telemanom chooses it: mean + z * sd, z in [2.5, 12), maximising the relative drop of mean and sd over
+  (flagged points + flagged sequences^2), flagged points widened by the error buffer. A step alarms when its
+  smoothed error is above epsilon and above the window's largest value under epsilon divided by
+  (1 - prune) (telemanom's pruning of minor peaks, made causal); the alarm then holds for `hold` steps (the
+  causal half of telemanom's error buffer). The window starts filled with the tail of the train split's
+  smoothed errors, so nothing of the test split is needed to start. Options: `warmup` silences a stream's
+  first steps (telemanom never scores its first 250 rows), `cap_flagged` enters an alarming value into the
+  window at the threshold's height (so a long anomaly does not raise the threshold over itself), and
+  `or_margin` also alarms whenever the smoothed error exceeds `or_margin` times the largest smoothed error
+  of the train split (a level never seen in training, which the relative rule adapts to and forgets).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from smap_shared.model.threshold import SPEC_FIXED_THRESHOLD, pot_threshold
+
+Array = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class RuleRun:
+    detected: BoolArray  # (T,)
+    threshold: Array  # (T,) threshold in force at each step, in the units of `signal`
+    signal: Array  # (T,) the value compared with the threshold
+    final_state: Array
+
+
+class Rule(ABC):
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, train_scores: Array, train_errors: Array) -> Rule:
+        """A copy fitted on the train split: scores (T,) and per-sensor squared errors (T, n)."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def initial_state(self) -> Array:
+        return np.zeros(0, dtype=np.float64)
+
+    @abstractmethod
+    def step(self, state: Array, score: float, sensor_error: Array) -> tuple[bool, float, float]:
+        """One step: updates `state` in place, returns (detected, threshold, signal)."""
+
+    def run(self, scores: Array, errors: Array, state: Array | None = None) -> RuleRun:
+        st = self.initial_state() if state is None else np.array(state, dtype=np.float64)
+        n = len(scores)
+        det = np.zeros(n, dtype=bool)
+        thr = np.zeros(n)
+        sig = np.zeros(n)
+        for t in range(n):
+            det[t], thr[t], sig[t] = self.step(st, float(scores[t]), errors[t])
+        return RuleRun(det, thr, sig, st)
+
+
+@dataclass(frozen=True)
+class FixedRule(Rule):
+    kind: ClassVar[str] = "fixed"
+    threshold: float = SPEC_FIXED_THRESHOLD
+
+    def fit(self, train_scores: Array, train_errors: Array) -> FixedRule:
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "threshold": self.threshold}
+
+    def step(self, state: Array, score: float, sensor_error: Array) -> tuple[bool, float, float]:
+        return score > self.threshold, self.threshold, score
+
+    def run(self, scores: Array, errors: Array, state: Array | None = None) -> RuleRun:
+        s = np.asarray(scores, dtype=np.float64)
+        return RuleRun(s > self.threshold, np.full(s.shape, self.threshold), s, self.initial_state())
+
+
+@dataclass(frozen=True)
+class TrainPotRule(Rule):
+    kind: ClassVar[str] = "train_pot"
+    risk: float = 1e-3
+    init_quantile: float = 0.98
+    threshold: float = math.inf  # set by fit
+    method: str = ""
+
+    def fit(self, train_scores: Array, train_errors: Array) -> TrainPotRule:
+        f = pot_threshold(train_scores, risk=self.risk, init_quantile=self.init_quantile)
+        return TrainPotRule(self.risk, self.init_quantile, f.value, f.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+    def step(self, state: Array, score: float, sensor_error: Array) -> tuple[bool, float, float]:
+        return score > self.threshold, self.threshold, score
+
+    def run(self, scores: Array, errors: Array, state: Array | None = None) -> RuleRun:
+        s = np.asarray(scores, dtype=np.float64)
+        return RuleRun(s > self.threshold, np.full(s.shape, self.threshold), s, self.initial_state())
+
+
+# State layout of CausalNdtRule: a header, then the ring of past smoothed errors.
+_EWMA, _COUNT, _EPS, _NORMAL_MAX, _POS, _FILLED, _HOLD, _SEEN, _HEADER = range(9)
+
+
+@dataclass(frozen=True)
+class CausalNdtRule(Rule):
+    kind: ClassVar[str] = "causal_ndt"
+    # Global hyper-parameters: telemanom's published defaults (batch 70, window 30 batches, smoothing 5% of
+    # that, z in [2.5, 12) by 0.5, pruning 0.13, error buffer 100), not chosen on the test labels.
+    column: int = 0  # the sensor whose error is watched; -1: the anomaly score (mean over sensors)
+    alpha: float = 2.0 / 106.0  # EWMA weight of span 105 = 70 * 30 * 0.05
+    window: int = 2100  # 70 * 30
+    stride: int = 70
+    z_min: float = 2.5
+    z_max: float = 12.0
+    z_step: float = 0.5
+    prune: float = 0.13
+    buffer: int = 100  # telemanom's error buffer, used in the epsilon search and as the alarm hold
+    hold: int = 100
+    max_sequences: int = 5
+    warmup: int = 250  # telemanom's l_s: its first prediction needs 250 rows of history
+    min_error: float = 0.0  # the threshold never goes below this
+    cap_flagged: bool = False
+    or_margin: float = 0.0  # 0 disables the train-level alarm
+    # Fitted per entity from the train split:
+    train_max: float = 0.0  # largest smoothed train error
+    initial: tuple[float, ...] = field(default=(), repr=False)  # last `window` smoothed train errors
+
+    def signal_of(self, score: float, sensor_error: Array) -> float:
+        return math.sqrt(score) if self.column < 0 else math.sqrt(float(sensor_error[self.column]))
+
+    def smoothed(self, scores: Array, errors: Array) -> Array:
+        raw = np.sqrt(scores if self.column < 0 else errors[:, self.column])
+        out = np.empty_like(raw)
+        m = float(raw[0]) if raw.size else 0.0
+        for i, v in enumerate(raw):
+            m = self.alpha * float(v) + (1.0 - self.alpha) * m
+            out[i] = m
+        return out
+
+    def fit(self, train_scores: Array, train_errors: Array) -> CausalNdtRule:
+        sm = self.smoothed(np.asarray(train_scores), np.asarray(train_errors))
+        tail = sm[-self.window :]
+        # the train split is scored as a stream from a zero state too: its first `warmup` steps carry the
+        # same start-up transient that a stream never alarms on, so they do not set the train level
+        settled = sm[self.warmup :] if sm.size > self.warmup else sm
+        return replace(self, initial=tuple(float(x) for x in tail), train_max=float(settled.max()))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    def initial_state(self) -> Array:
+        st = np.zeros(_HEADER + self.window, dtype=np.float64)
+        init = np.asarray(self.initial, dtype=np.float64)[-self.window :]
+        st[_HEADER : _HEADER + init.size] = init
+        st[_FILLED] = init.size
+        st[_POS] = init.size % self.window
+        st[_EWMA] = init[-1] if init.size else math.nan
+        st[_EPS] = math.inf
+        st[_NORMAL_MAX] = 0.0
+        return st
+
+    def epsilon(self, w: Array) -> tuple[float, float]:
+        """telemanom's epsilon search on a window of smoothed errors: (epsilon, largest value below it)."""
+        mu, sd = float(w.mean()), float(w.std())
+        eps = mu + self.z_max * sd
+        if sd <= 0.0 or mu <= 0.0:
+            return math.inf, float(w.max()) if w.size else 0.0
+        best = -math.inf
+        n = w.size
+        for z in np.arange(self.z_min, self.z_max, self.z_step):
+            cand = mu + z * sd
+            above = w >= cand
+            if not above.any():
+                continue
+            # flagged points widened by the error buffer, as telemanom scores a candidate
+            idx = np.flatnonzero(above)
+            widened = np.zeros(n + 1, dtype=np.int64)
+            np.add.at(widened, np.clip(idx - (self.buffer - 1), 0, n), 1)
+            np.add.at(widened, np.clip(idx + self.buffer, 0, n), -1)
+            flagged = np.cumsum(widened[:n]) > 0
+            n_anom = int(flagged.sum())
+            edges = np.diff(np.concatenate(([0], flagged.astype(np.int8), [0])))
+            n_seq = int(np.sum(edges == 1))
+            below = w[~above]
+            if below.size == 0:
+                continue
+            score = ((mu - below.mean()) / mu + (sd - below.std()) / sd) / (n_seq**2 + n_anom)
+            if score >= best and n_seq <= self.max_sequences and n_anom < 0.5 * n:
+                best, eps = score, cand
+        normal = w[w < eps]
+        return eps, float(normal.max()) if normal.size else 0.0
+
+    def _window(self, state: Array) -> Array:
+        filled = int(state[_FILLED])
+        ring = state[_HEADER : _HEADER + self.window]
+        if filled < self.window:
+            return ring[:filled].copy()
+        pos = int(state[_POS])
+        return np.concatenate((ring[pos:], ring[:pos]))
+
+    def step(self, state: Array, score: float, sensor_error: Array) -> tuple[bool, float, float]:
+        x = self.signal_of(score, sensor_error)
+        m = x if math.isnan(state[_EWMA]) else self.alpha * x + (1.0 - self.alpha) * state[_EWMA]
+        state[_EWMA] = m
+        if state[_COUNT] == 0:
+            w = self._window(state)
+            if w.size >= 2:
+                state[_EPS], state[_NORMAL_MAX] = self.epsilon(w)
+        relative = max(state[_EPS], state[_NORMAL_MAX] / (1.0 - self.prune), self.min_error)
+        threshold = min(relative, self.or_margin * self.train_max) if self.or_margin > 0 else relative
+        exceeded = m > threshold and state[_SEEN] >= self.warmup
+        state[_SEEN] += 1
+        if exceeded:
+            state[_HOLD] = self.hold + 1
+        detected = state[_HOLD] > 0
+        if detected:
+            state[_HOLD] -= 1
+        # the current value joins the window only after it has been judged
+        pos = int(state[_POS])
+        state[_HEADER + pos] = min(m, relative) if self.cap_flagged else m
+        state[_POS] = (pos + 1) % self.window
+        state[_FILLED] = min(state[_FILLED] + 1, self.window)
+        state[_COUNT] = (state[_COUNT] + 1) % self.stride
+        return bool(detected), float(threshold), float(m)
+
+
+#: The rule the deployed models use (chosen as the report's "How the deployed rule was chosen" says).
+DEPLOYED_RULE_NAME = "causal_ndt_hybrid"
+DEPLOYED_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0)
+
+RULE_KINDS: dict[str, type[Rule]] = {r.kind: r for r in (FixedRule, TrainPotRule, CausalNdtRule)}
+
+
+def rule_from_dict(d: dict[str, Any]) -> Rule:
+    params = dict(d)
+    cls = RULE_KINDS[params.pop("kind")]
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(params) - names
+    if unknown:
+        raise ValueError(f"unknown parameters for rule {cls.kind}: {sorted(unknown)}")
+    if "initial" in params:
+        params["initial"] = tuple(float(x) for x in params["initial"])
+    return cls(**params)
+
+
+class RuleStream:
+    """One stream's rule and memory: `update(score, sensor_error) -> (detected, threshold)`."""
+
+    def __init__(self, rule: Rule, state: Array | None = None) -> None:
+        self.rule = rule
+        self.state = rule.initial_state() if state is None else np.array(state, dtype=np.float64)
+
+    def update(self, score: float, sensor_error: Array) -> tuple[bool, float]:
+        detected, threshold, _ = self.rule.step(self.state, score, sensor_error)
+        return detected, threshold

@@ -1,0 +1,88 @@
+"""The evaluation CLI end to end on one channel, with an untrained checkpoint (fast, no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smap_shared.data import default_source
+from smap_shared.evaluation import evaluate
+from smap_shared.evaluation.rules import rule_from_dict
+from smap_shared.evaluation.scoring import score_channel
+from smap_shared.model.checkpoint import Checkpoint
+from smap_shared.model.normalization import Normalizer
+from smap_shared.model.scorer import Scorer
+
+CHANNEL = "A-6"  # the shortest SMAP channel
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    from smap_shared.model.network import OmniAnomaly
+
+    torch.manual_seed(0)
+    data = default_source().load(CHANNEL)
+    net = OmniAnomaly(data.n_sensors)
+    weights = {k: v.detach().double().numpy().copy() for k, v in net.state_dict().items()}
+    d = tmp_path_factory.mktemp("ckpt")
+    Checkpoint(CHANNEL, data.n_sensors, weights, Normalizer.fit(data.train), 0.3, {"train_config": {}}).save(
+        d / f"{CHANNEL}.ckpt"
+    )
+    return d
+
+
+def test_scores_are_the_scorer_run(ckpt_dir: Path) -> None:
+    data = default_source().load(CHANNEL)
+    sc = score_channel(ckpt_dir / f"{CHANNEL}.ckpt", data)
+    ref = Scorer(Checkpoint.load(ckpt_dir / f"{CHANNEL}.ckpt")).run(data.test[:50])
+    assert np.array_equal(sc.test.score[:50], ref.anomaly_score)
+    assert sc.segments == [(1890, 1930)]
+    assert sc.train.sensor_error.shape == data.train.shape
+
+
+def test_cli_writes_json_markdown_and_plots(ckpt_dir: Path, tmp_path: Path) -> None:
+    out_json, out_md, plots = tmp_path / "e.json", tmp_path / "e.md", tmp_path / "plots"
+    evaluate.main([
+        "--channels", CHANNEL, "--checkpoints", str(ckpt_dir), "--json", str(out_json), "--md", str(out_md),
+        "--plots", str(plots), "--jobs", "1",
+    ])
+    rep = json.loads(out_json.read_text())
+    assert rep["deployed_rule"] == evaluate.DEPLOYED_RULE
+    assert rep["n_events"] == 1 and rep["channels"] == [CHANNEL]
+    assert set(rep["rules"]) == set(evaluate.RULES)
+    for r in rep["rules"].values():
+        for part in (r["aggregate"], r["channels"][CHANNEL]):
+            assert set(part) >= {"event", "point", "pa_k", "auprc", "roc_auc", "delay"}
+            for key in ("event", "point"):
+                assert set(part[key]) >= {"precision", "recall", "f1", "tp", "fp", "fn"}
+                assert part[key]["tp"] + part[key]["fn"] == (1 if key == "event" else 41)
+            assert set(part["pa_k"]["by_k"]) == {"0", "20", "50", "80", "100"}
+            assert part["pa_k"]["by_k"]["100"] == part["point"]
+    assert rep["rules"]["fixed"]["params"] == {"kind": "fixed", "threshold": 0.16}
+    # the deployed rule's global parameters rebuild the rule
+    params = {k: v for k, v in rep["rules"][evaluate.DEPLOYED_RULE]["params"].items() if k != "initial"}
+    assert rule_from_dict(params) == evaluate.RULES[evaluate.DEPLOYED_RULE]
+    assert (plots / f"{CHANNEL}.png").stat().st_size > 10_000
+    md = out_md.read_text()
+    assert f"Deployed rule: `{evaluate.DEPLOYED_RULE}`" in md and "| A-6 |" in md
+
+
+def test_cli_refuses_missing_checkpoints_without_train_missing(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--train-missing"):
+        evaluate.main(["--channels", CHANNEL, "--checkpoints", str(tmp_path), "--json", str(tmp_path / "x.json")])
+
+
+def test_fit_deployed_rule_uses_the_train_split_as_a_stream(ckpt_dir: Path) -> None:
+    from smap_shared.evaluation.rules import DEPLOYED_RULE
+    from smap_shared.evaluation.scoring import fit_deployed_rule
+
+    data = default_source().load(CHANNEL)
+    ckpt = Checkpoint.load(ckpt_dir / f"{CHANNEL}.ckpt")
+    rule = fit_deployed_rule(ckpt, data.train)
+    train = Scorer(ckpt).run(data.train)
+    assert rule == DEPLOYED_RULE.fit(train.anomaly_score, train.sensor_error)
+    assert rule_from_dict(json.loads(json.dumps(rule.to_dict()))) == rule

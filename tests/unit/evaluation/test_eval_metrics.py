@@ -1,0 +1,201 @@
+"""Every metric on small hand-made cases whose answers are worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from smap_shared.evaluation.metrics import (
+    PA_K_GRID,
+    ChannelMetrics,
+    Counts,
+    aggregate,
+    average_precision,
+    channel_metrics,
+    clip_segments,
+    event_metrics,
+    pa_k_area,
+    pa_k_counts,
+    point_counts,
+    roc_auc,
+    runs,
+)
+
+
+def flags(length: int, *rows: int) -> npt.NDArray[np.bool_]:
+    out = np.zeros(length, dtype=bool)
+    out[list(rows)] = True
+    return out
+
+
+def test_runs_are_inclusive_maximal() -> None:
+    assert runs([0, 1, 1, 0, 1]) == [(1, 2), (4, 4)]
+    assert runs([1, 1, 1]) == [(0, 2)]
+    assert runs([0, 0]) == []
+    assert runs([]) == []
+
+
+def test_counts_conventions() -> None:
+    assert Counts(0, 0, 0).as_dict() == {"tp": 0, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert (Counts(0, 0, 3).precision, Counts(0, 0, 3).recall, Counts(0, 0, 3).f1) == (1.0, 0.0, 0.0)
+    assert (Counts(0, 2, 0).precision, Counts(0, 2, 0).recall, Counts(0, 2, 0).f1) == (0.0, 1.0, 0.0)
+    c = Counts(3, 1, 2)
+    assert c.precision == 0.75 and c.recall == 0.6
+    assert c.f1 == pytest.approx(2 * 0.75 * 0.6 / 1.35)
+
+
+def test_event_end_is_inclusive() -> None:
+    # segment [2, 4]: a flag on row 4 (the end) detects it
+    ev = event_metrics(flags(10, 4), [(2, 4)])
+    assert ev.counts == Counts(1, 0, 0)
+    assert ev.delays == [2]
+    # a flag on row 5, just past the end, is a miss plus one false positive
+    ev = event_metrics(flags(10, 5), [(2, 4)])
+    assert ev.counts == Counts(0, 1, 1)
+    assert ev.false_runs == [(5, 5)]
+    assert ev.delays == [None]
+
+
+def test_event_start_is_inclusive_and_delay_zero() -> None:
+    ev = event_metrics(flags(10, 2, 3), [(2, 4)])
+    assert ev.counts == Counts(1, 0, 0)
+    assert ev.delays == [0]
+
+
+def test_event_empty_label_set() -> None:
+    assert event_metrics(np.zeros(8, dtype=bool), []).counts == Counts(0, 0, 0)
+    ev = event_metrics(flags(8, 1, 2, 5), [])
+    assert ev.counts == Counts(0, 2, 0)  # two runs: [1, 2] and [5, 5]
+    assert ev.counts.precision == 0.0 and ev.counts.f1 == 0.0
+
+
+def test_event_detection_spanning_two_segments() -> None:
+    pred = np.zeros(12, dtype=bool)
+    pred[3:9] = True  # rows 3..8 cover the end of [2, 4], the gap 5..6 and the start of [7, 9]
+    ev = event_metrics(pred, [(2, 4), (7, 9)])
+    assert ev.counts == Counts(2, 0, 0)
+    assert ev.delays == [1, 0]
+    # point-wise, the gap rows are false positives and the uncovered ends false negatives
+    truth = np.zeros(12, dtype=bool)
+    truth[2:5] = truth[7:10] = True
+    assert point_counts(pred, truth) == Counts(4, 2, 2)
+
+
+def test_event_run_overlapping_a_segment_is_not_a_false_positive() -> None:
+    pred = np.zeros(20, dtype=bool)
+    pred[8:15] = True  # starts before [10, 12] and ends after it: one run, one detection, no FP
+    pred[17] = True  # a separate run outside: one FP
+    ev = event_metrics(pred, [(10, 12)])
+    assert ev.counts == Counts(1, 1, 0)
+    assert ev.delays == [0]
+
+
+def test_segments_past_the_series_are_clipped() -> None:
+    assert clip_segments([(8, 15), (20, 30), (1, 2)], 10) == [(1, 2), (8, 9)]
+    ev = event_metrics(flags(10, 9), [(8, 15), (20, 30)])
+    assert ev.counts == Counts(1, 0, 0)
+
+
+def test_point_counts() -> None:
+    pred = np.array([1, 1, 0, 0, 1], dtype=bool)
+    truth = np.array([1, 0, 1, 0, 0], dtype=bool)
+    assert point_counts(pred, truth) == Counts(1, 2, 1)
+    with pytest.raises(ValueError, match="shape"):
+        point_counts(pred, truth[:3])
+
+
+def test_pa_k_at_0_20_30_and_100() -> None:
+    # one segment [0, 9] (10 rows) with 3 rows flagged, and one false positive at row 12
+    pred = flags(15, 0, 1, 2, 12)
+    seg = [(0, 9)]
+    k0, k20, k30, k100 = pa_k_counts(pred, seg, [0, 20, 30, 100])
+    assert k0 == Counts(10, 1, 0)  # classic point-adjust: any hit flags the whole segment
+    assert k20 == Counts(10, 1, 0)  # 3/10 > 0.2
+    assert k30 == Counts(3, 1, 7)  # 3/10 is not strictly above 0.3
+    assert k100 == Counts(3, 1, 7)  # K=100 is the plain point-wise count
+    assert k100 == point_counts(pred, flags(15, *range(10)))
+
+
+def test_pa_k_0_needs_at_least_one_hit() -> None:
+    (k0,) = pa_k_counts(np.zeros(15, dtype=bool), [(0, 9)], [0])
+    assert k0 == Counts(0, 0, 10)
+
+
+def test_pa_k_100_on_a_fully_flagged_segment() -> None:
+    pred = flags(6, 1, 2, 3)
+    (k100,) = pa_k_counts(pred, [(1, 3)], [100])
+    assert k100 == Counts(3, 0, 0)
+
+
+def test_pa_k_area() -> None:
+    constant = [Counts(3, 1, 2)] * len(PA_K_GRID)
+    assert pa_k_area(constant) == pytest.approx(Counts(3, 1, 2).f1)
+    # F1 1.0 for K in [0, 50) and 0.0 from 50 on: trapezoid gives (50 - 0.5) / 100
+    step = [Counts(1, 0, 0) if k < 50 else Counts(0, 0, 1) for k in PA_K_GRID]
+    assert pa_k_area(step) == pytest.approx(0.495)
+
+
+def test_average_precision() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    truth = np.array([1, 0, 1, 0], dtype=bool)
+    assert average_precision(scores, truth) == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+    assert average_precision(scores, np.array([1, 1, 0, 0], dtype=bool)) == pytest.approx(1.0)
+    # a tie between a positive and a negative is one threshold: precision 1/2 at recall 1
+    assert average_precision(np.array([1.0, 1.0]), np.array([1, 0], dtype=bool)) == pytest.approx(0.5)
+    assert math.isnan(average_precision(scores, np.zeros(4, dtype=bool)))
+
+
+def test_roc_auc() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    truth = np.array([1, 0, 1, 0], dtype=bool)
+    assert roc_auc(scores, truth) == pytest.approx(0.75)  # 3 of 4 (pos, neg) pairs ordered right
+    assert roc_auc(scores, np.array([0, 0, 1, 1], dtype=bool)) == pytest.approx(0.0)
+    assert roc_auc(np.ones(4), truth) == pytest.approx(0.5)  # all tied
+    assert math.isnan(roc_auc(scores, np.ones(4, dtype=bool)))
+
+
+def test_channel_metrics_and_aggregate_sum_counts() -> None:
+    a = channel_metrics(flags(10, 2, 3, 7), np.arange(10.0), [(2, 4)])
+    assert a.event == Counts(1, 1, 0)
+    assert a.point == Counts(2, 1, 1)
+    assert a.delays == [0]
+    b = channel_metrics(np.zeros(10, dtype=bool), np.zeros(10), [(5, 5), (8, 9)])
+    assert b.event == Counts(0, 0, 2)
+    assert math.isnan(b.auprc) is False and b.roc_auc == pytest.approx(0.5)
+    total = aggregate([a, b])
+    assert total.event == Counts(1, 1, 2)
+    # micro F1 from summed counts: P 1/2, R 1/3 -> 0.4; the mean of the F1s would be (2/3 + 0) / 2
+    assert total.event.f1 == pytest.approx(0.4)
+    assert total.point == Counts(2, 1, 4)
+    assert total.pa_k[0] == Counts(3, 1, 3)
+    d = total.as_dict()
+    assert set(d) >= {"event", "point", "pa_k", "auprc", "roc_auc", "delay"}
+    assert set(d["pa_k"]["by_k"]) == {"0", "20", "50", "80", "100"}  # type: ignore[index]
+    assert d["delay"] == {"mean": 0.0, "median": 0.0, "detected": 1}
+
+
+def test_cross_channel_selection_scores_each_half_with_the_other_halfs_choice() -> None:
+    from smap_shared.evaluation.selection import cross_validate, oracle_counts
+
+    def cm(tp: int, fp: int, fn: int) -> ChannelMetrics:
+        c = Counts(tp, fp, fn)
+        return ChannelMetrics(c, c, [c] * len(PA_K_GRID), 0.5, 0.5, [], 10, tp + fn)
+
+    # variant "a" wins on channels c0 and c2, "b" on c1 and c3
+    per = {
+        "c0": {"a": cm(1, 0, 0), "b": cm(0, 5, 1)},
+        "c1": {"a": cm(0, 5, 1), "b": cm(1, 0, 0)},
+        "c2": {"a": cm(1, 0, 0), "b": cm(0, 5, 1)},
+        "c3": {"a": cm(0, 5, 1), "b": cm(1, 0, 0)},
+    }
+    folds, held = cross_validate(per)
+    assert [f.selected for f in folds] == ["a", "b"]
+    assert folds[0].select_on == ["c0", "c2"] and folds[0].evaluate_on == ["c1", "c3"]
+    # each half is scored with the variant that is worst for it
+    assert held.event == Counts(0, 20, 4)
+    ev, pt = oracle_counts(np.r_[np.zeros(50), np.ones(10), np.zeros(40)], [(50, 59)], skip=0)
+    assert ev == Counts(1, 0, 0) and pt == Counts(10, 0, 0)
+

@@ -1,0 +1,122 @@
+"""Decision rules: causal, stateful, serialisable; a stream and the offline run agree."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from smap_shared.evaluation.rules import (
+    CausalNdtRule,
+    FixedRule,
+    RuleStream,
+    TrainPotRule,
+    rule_from_dict,
+)
+
+Array = npt.NDArray[np.float64]
+
+
+def synthetic(n: int, seed: int, bursts: tuple[tuple[int, int], ...] = ()) -> tuple[Array, Array]:
+    """Scores (n,) and per-sensor squared errors (n, 3): small noise plus bursts on column 0."""
+    rng = np.random.default_rng(seed)
+    err = (0.02 + 0.01 * rng.standard_normal((n, 3))) ** 2
+    for a, b in bursts:
+        err[a:b, 0] = 0.5**2
+    return err.mean(axis=1), err
+
+
+SMALL = CausalNdtRule(window=300, stride=20, buffer=10, hold=5, warmup=0)
+
+
+def test_fixed_rule_is_the_spec_threshold() -> None:
+    scores = np.array([0.1, 0.16, 0.17])
+    out = FixedRule().run(scores, np.zeros((3, 2)))
+    assert out.detected.tolist() == [False, False, True]
+    assert np.all(out.threshold == 0.16)
+
+
+def test_train_pot_rule_fits_on_train_scores_only() -> None:
+    train, _ = synthetic(2000, 0)
+    rule = TrainPotRule().fit(train, np.zeros((2000, 3)))
+    assert rule.threshold >= train.max()  # never flags its own train data
+    again = rule_from_dict(json.loads(json.dumps(rule.to_dict())))
+    assert again == rule
+
+
+def test_ndt_flags_a_burst_and_not_the_noise() -> None:
+    tr_s, tr_e = synthetic(1000, 1)
+    te_s, te_e = synthetic(1500, 2, bursts=((800, 900),))
+    rule = SMALL.fit(tr_s, tr_e)
+    out = rule.run(te_s, te_e)
+    assert out.detected[800:900].any()
+    assert not out.detected[:800].any()
+    # the alarm ends `hold` steps after the smoothed error falls back under the threshold
+    assert not out.detected[1100:].any()
+
+
+def test_ndt_is_causal_future_rows_do_not_change_past_decisions() -> None:
+    tr_s, tr_e = synthetic(1000, 3)
+    te_s, te_e = synthetic(1200, 4, bursts=((500, 560),))
+    rule = SMALL.fit(tr_s, tr_e)
+    full = rule.run(te_s, te_e)
+    changed_e = te_e.copy()
+    changed_e[900:, 0] = 4.0  # a huge change later on
+    other = rule.run(te_s, changed_e)
+    assert np.array_equal(full.detected[:900], other.detected[:900])
+    assert np.array_equal(full.threshold[:900], other.threshold[:900])
+
+
+def test_stream_matches_run_and_state_survives_a_json_round_trip() -> None:
+    tr_s, tr_e = synthetic(800, 5)
+    te_s, te_e = synthetic(1000, 6, bursts=((300, 340), (700, 720)))
+    rule = CausalNdtRule(window=250, stride=25, buffer=10, hold=8, warmup=50, cap_flagged=True,
+                         or_margin=3.0).fit(tr_s, tr_e)
+    offline = rule.run(te_s, te_e)
+    # a stream that is persisted (rule as JSON, state as a list) and restored halfway through
+    stream = RuleStream(rule)
+    got = [stream.update(float(te_s[t]), te_e[t]) for t in range(500)]
+    saved_rule = json.dumps(rule.to_dict())
+    saved_state = json.dumps(stream.state.tolist())
+    restored = RuleStream(rule_from_dict(json.loads(saved_rule)), np.array(json.loads(saved_state)))
+    got += [restored.update(float(te_s[t]), te_e[t]) for t in range(500, 1000)]
+    assert [d for d, _ in got] == offline.detected.tolist()
+    assert np.allclose([t for _, t in got], offline.threshold, rtol=0, atol=0)
+    assert offline.detected[300:340].any() and offline.detected[700:720].any()
+
+
+def test_warmup_silences_the_first_steps() -> None:
+    tr_s, tr_e = synthetic(800, 7)
+    te_s, te_e = synthetic(600, 8, bursts=((0, 40), (400, 440)))
+    loud = CausalNdtRule(window=250, stride=25, buffer=10, hold=0, warmup=0).fit(tr_s, tr_e).run(te_s, te_e)
+    quiet = CausalNdtRule(window=250, stride=25, buffer=10, hold=0, warmup=100).fit(tr_s, tr_e).run(te_s, te_e)
+    assert loud.detected[:40].any()
+    assert not quiet.detected[:100].any()
+    assert quiet.detected[400:440].any()
+
+
+def test_or_margin_keeps_alarming_on_a_level_never_seen_in_training() -> None:
+    tr_s, tr_e = synthetic(800, 9)
+    te_s, te_e = synthetic(2000, 10, bursts=((500, 2000),))  # the error jumps and stays up
+    relative = CausalNdtRule(window=300, stride=20, buffer=10, hold=0, warmup=0).fit(tr_s, tr_e)
+    hybrid = CausalNdtRule(window=300, stride=20, buffer=10, hold=0, warmup=0, or_margin=2.0).fit(tr_s, tr_e)
+    r, h = relative.run(te_s, te_e), hybrid.run(te_s, te_e)
+    assert r.detected[500:600].any()
+    assert not r.detected[1500:].any()  # the relative threshold adapted to the new level
+    assert h.detected[600:].all()  # 2x the train maximum: alarms for as long as it lasts
+    assert hybrid.train_max == pytest.approx(float(relative.smoothed(tr_s, tr_e).max()))
+
+
+def test_score_column_and_from_dict_validation() -> None:
+    tr_s, tr_e = synthetic(500, 11)
+    rule = CausalNdtRule(column=-1, window=200, stride=10, buffer=5, warmup=0).fit(tr_s, tr_e)
+    assert rule.signal_of(0.25, np.zeros(3)) == 0.5
+    assert len(rule.initial) == 200
+    assert math.isfinite(rule.train_max)
+    with pytest.raises(ValueError, match="unknown parameters"):
+        rule_from_dict({"kind": "causal_ndt", "bogus": 1})
+    st = rule.initial_state()
+    assert st.dtype == np.float64 and st.ndim == 1
