@@ -30,10 +30,10 @@ import numpy as np
 from smap_shared.evaluation.metrics import PA_K_REPORTED, ChannelMetrics, Counts, aggregate, channel_metrics
 from smap_shared.evaluation.plots import RuleTrace, plot_channel
 from smap_shared.evaluation.report import PUBLISHED, render_markdown
-from smap_shared.evaluation.rules import DEPLOYED_RULE as DEPLOYED
-from smap_shared.evaluation.rules import DEPLOYED_RULE_NAME, CausalNdtRule, FixedRule, Rule, TrainPotRule
 from smap_shared.evaluation.scoring import score_channel
 from smap_shared.evaluation.selection import GRID, oracle_counts, selection_report
+from smap_shared.model.rules import DEPLOYED_RULE as DEPLOYED
+from smap_shared.model.rules import DEPLOYED_RULE_NAME, CausalNdtRule, FixedRule, Rule, TrainPotRule
 
 #: The rules compared, in report order. All are fitted on train data only.
 RULES: dict[str, Rule] = {

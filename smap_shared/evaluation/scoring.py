@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from smap_shared.data import ChannelData
-from smap_shared.evaluation.rules import DEPLOYED_RULE, Rule
 from smap_shared.model.checkpoint import Checkpoint
+from smap_shared.model.rules import DEPLOYED_RULE, Rule
 from smap_shared.model.scorer import Scorer
 
 Array = npt.NDArray[np.float64]

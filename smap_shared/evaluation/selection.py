@@ -30,7 +30,7 @@ from smap_shared.evaluation.metrics import (
     segment_mask,
     sum_counts,
 )
-from smap_shared.evaluation.rules import CausalNdtRule
+from smap_shared.model.rules import CausalNdtRule
 
 Array = npt.NDArray[np.float64]
 

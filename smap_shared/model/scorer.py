@@ -9,15 +9,29 @@ import numpy as np
 import numpy.typing as npt
 
 from smap_shared.model.checkpoint import Checkpoint
-from smap_shared.model.numpy_net import NumpyOmniAnomaly
+from smap_shared.model.numpy_net import N_HIDDEN, N_LAYERS, NumpyOmniAnomaly
+from smap_shared.model.rules import Rule, TrainPotRule, rule_from_dict
 
 Array = npt.NDArray[np.float64]
+
+
+HIDDEN_SIZE = N_LAYERS * N_HIDDEN
+
+
+def decision_rule(ckpt: Checkpoint) -> Rule:
+    """The checkpoint's decision rule (fitted on its train split); older checkpoints without one fall back to
+    `score > ckpt.threshold`."""
+    if "decision_rule" in ckpt.meta:
+        return rule_from_dict(ckpt.meta["decision_rule"])
+    return TrainPotRule(threshold=ckpt.threshold, method="checkpoint")
 
 
 @dataclass(frozen=True)
 class StepOutput:
     """reconstruction is in raw sensor units (comparable with the input); sensor_error is the squared error
-    in normalised units, and anomaly_score its mean over sensors (the spec's MSE)."""
+    in normalised units, and anomaly_score its mean over sensors (the spec's MSE). anomaly_detected and
+    threshold come from the checkpoint's decision rule: for the deployed causal rule the threshold is in the
+    units of its own signal (the smoothed absolute error of the telemetry value), not of anomaly_score."""
 
     reconstruction: Array
     sensor_error: Array
@@ -37,15 +51,29 @@ class SequenceOutput:
 
 
 class Scorer:
-    def __init__(self, ckpt: Checkpoint, threshold: float | None = None) -> None:
+    """State of one stream: one flat float64 vector, the GRU hidden state (2 x 32) then the rule's memory."""
+
+    def __init__(self, ckpt: Checkpoint, rule: Rule | None = None) -> None:
         self.ckpt = ckpt
         self.net = NumpyOmniAnomaly(ckpt.weights)
         self.norm = ckpt.normalizer
-        self.threshold = ckpt.threshold if threshold is None else threshold
+        self.rule = rule or decision_rule(ckpt)
         self.n_sensors = ckpt.n_sensors
 
     def initial_state(self) -> Array:
-        return self.net.initial_state()
+        return np.concatenate((self.net.initial_state().ravel(), self.rule.initial_state()))
+
+    def decide(self, z: Array, recon: Array, state: Array, new_hidden: Array) -> tuple[StepOutput, Array]:
+        """Error, score and the rule's decision for one step; returns the output and the new state."""
+        err = (z - recon) ** 2
+        score = float(err.mean())
+        rule_state = state[HIDDEN_SIZE:].copy()
+        detected, threshold, _signal = self.rule.step(rule_state, score, err)
+        out = StepOutput(
+            reconstruction=self.norm.inverse(recon), sensor_error=err, anomaly_score=score,
+            anomaly_detected=detected, threshold=threshold,
+        )
+        return out, np.concatenate((new_hidden.ravel(), rule_state))
 
     def check_input(self, x: Array) -> Array:
         x = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -60,14 +88,9 @@ class Scorer:
     def step(self, x_raw: Array, state: Array) -> tuple[StepOutput, Array]:
         x = self.check_input(x_raw)
         z = self.norm.transform(x)
-        recon, _mu, new_state = self.net.step(z, state)
-        err = (z - recon) ** 2
-        score = float(err.mean())
-        out = StepOutput(
-            reconstruction=self.norm.inverse(recon), sensor_error=err, anomaly_score=score,
-            anomaly_detected=score > self.threshold, threshold=self.threshold,
-        )
-        return out, new_state
+        hidden = state[:HIDDEN_SIZE].reshape(N_LAYERS, N_HIDDEN)
+        recon, _mu, new_hidden = self.net.step(z, hidden)
+        return self.decide(z, recon, state, new_hidden)
 
     def run(self, seq_raw: Array, state: Array | None = None) -> SequenceOutput:
         """Score a sequence step by step from `state` (zeros by default): the offline reference."""

@@ -6,42 +6,32 @@ import numpy as np
 import numpy.typing as npt
 
 from smap_shared.model.checkpoint import Checkpoint
-from smap_shared.model.scorer import StepOutput
+from smap_shared.model.scorer import HIDDEN_SIZE, Scorer, StepOutput
 
 Array = npt.NDArray[np.float64]
 
 
-class TorchScorer:
+class TorchScorer(Scorer):
+    """The GRU/VAE forward on a torch device; normalisation, error and decision rule shared with Scorer."""
+
     def __init__(self, ckpt: Checkpoint, device: str = "cuda:0") -> None:
         import torch
 
         from smap_shared.model.network import OmniAnomaly
 
+        super().__init__(ckpt)
         self.torch = torch
-        self.ckpt = ckpt
         self.device = torch.device(device)
-        self.n_sensors = ckpt.n_sensors
-        self.threshold = ckpt.threshold
-        self.norm = ckpt.normalizer
         model = OmniAnomaly(ckpt.n_sensors).double()
         model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.weights.items()})
         self.model = model.to(self.device).eval()
 
-    def initial_state(self) -> Array:
-        return np.zeros((2, 32), dtype=np.float64)
-
     def step(self, x_raw: Array, state: Array) -> tuple[StepOutput, Array]:
         torch = self.torch
-        x = np.asarray(x_raw, dtype=np.float64).reshape(-1)
-        if x.shape[0] != self.n_sensors or not np.isfinite(x).all():
-            raise ValueError(f"input_data must be {self.n_sensors} finite values")
-        z = self.norm.transform(x)
+        z = self.norm.transform(self.check_input(x_raw))
         with torch.no_grad():
             xt = torch.from_numpy(z).to(self.device).view(1, 1, -1)
-            h = torch.from_numpy(state).to(self.device).view(2, 1, -1)
+            h = torch.from_numpy(np.ascontiguousarray(state[:HIDDEN_SIZE])).to(self.device).view(2, 1, -1)
             recon_t, _, _, h_new = self.model(xt, h)
-        recon = recon_t.view(-1).cpu().numpy()
-        err = (z - recon) ** 2
-        score = float(err.mean())
-        out = StepOutput(self.norm.inverse(recon), err, score, score > self.threshold, self.threshold)
-        return out, h_new.view(2, -1).cpu().numpy()
+        recon: Array = recon_t.view(-1).cpu().numpy()
+        return self.decide(z, recon, state, h_new.view(-1).cpu().numpy())

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from smap_shared.data import ChannelData, DataSource, default_source
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.normalization import Normalizer
+from smap_shared.model.rules import DEPLOYED_RULE, DEPLOYED_RULE_NAME
 from smap_shared.model.threshold import pot_threshold
 
 Array = npt.NDArray[np.float64]
@@ -77,8 +78,11 @@ def train_entity(data: ChannelData, cfg: TrainConfig) -> Checkpoint:
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
     weights = {k: v.detach().double().numpy().copy() for k, v in model.state_dict().items()}
-    train_scores = score_sequence_torch(weights, data.n_sensors, z)
+    train_errors = sensor_errors_torch(weights, data.n_sensors, z)
+    train_scores = train_errors.mean(axis=1)
     fit = pot_threshold(train_scores, risk=cfg.pot_risk, init_quantile=cfg.pot_init_quantile)
+    # The deployed decision rule, fitted on the train split scored as a stream (as Scorer.run would).
+    rule = DEPLOYED_RULE.fit(train_scores, train_errors)
     meta = {
         "entity": data.channel,
         "n_sensors": data.n_sensors,
@@ -86,6 +90,8 @@ def train_entity(data: ChannelData, cfg: TrainConfig) -> Checkpoint:
         "data_hash": data.train_hash(),
         "train_config": asdict(cfg),
         "threshold_fit": fit.as_dict(),
+        "decision_rule_name": DEPLOYED_RULE_NAME,
+        "decision_rule": rule.to_dict(),
         "train_score_max": float(train_scores.max()),
         "train_score_mean": float(train_scores.mean()),
         "torch_version": torch.__version__,
@@ -95,6 +101,12 @@ def train_entity(data: ChannelData, cfg: TrainConfig) -> Checkpoint:
 
 def score_sequence_torch(weights: dict[str, Array], n_sensors: int, z: Array) -> Array:
     """Deterministic scores of a normalised sequence in one GRU pass (float64), from a zero state."""
+    scores: Array = sensor_errors_torch(weights, n_sensors, z).mean(axis=1)
+    return scores
+
+
+def sensor_errors_torch(weights: dict[str, Array], n_sensors: int, z: Array) -> Array:
+    """Per-sensor squared errors (T, n) of a normalised sequence in one GRU pass (float64), zero state."""
     import torch
 
     from smap_shared.model.network import OmniAnomaly
@@ -105,7 +117,7 @@ def score_sequence_torch(weights: dict[str, Array], n_sensors: int, z: Array) ->
     with torch.no_grad():
         x = torch.from_numpy(z).unsqueeze(1)
         recon, _, _, _ = model(x)
-        out: Array = ((recon.squeeze(1) - x.squeeze(1)) ** 2).mean(dim=1).numpy()
+        out: Array = ((recon.squeeze(1) - x.squeeze(1)) ** 2).numpy()
     return out
 
 

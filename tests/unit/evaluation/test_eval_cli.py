@@ -10,10 +10,10 @@ import pytest
 
 from smap_shared.data import default_source
 from smap_shared.evaluation import evaluate
-from smap_shared.evaluation.rules import rule_from_dict
 from smap_shared.evaluation.scoring import score_channel
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.normalization import Normalizer
+from smap_shared.model.rules import rule_from_dict
 from smap_shared.model.scorer import Scorer
 
 CHANNEL = "A-6"  # the shortest SMAP channel
@@ -77,8 +77,8 @@ def test_cli_refuses_missing_checkpoints_without_train_missing(tmp_path: Path) -
 
 
 def test_fit_deployed_rule_uses_the_train_split_as_a_stream(ckpt_dir: Path) -> None:
-    from smap_shared.evaluation.rules import DEPLOYED_RULE
     from smap_shared.evaluation.scoring import fit_deployed_rule
+    from smap_shared.model.rules import DEPLOYED_RULE
 
     data = default_source().load(CHANNEL)
     ckpt = Checkpoint.load(ckpt_dir / f"{CHANNEL}.ckpt")

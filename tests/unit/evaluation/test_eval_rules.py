@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from smap_shared.evaluation.rules import (
+from smap_shared.model.rules import (
     CausalNdtRule,
     FixedRule,
     RuleStream,

@@ -126,4 +126,13 @@ def test_score_is_mse_of_normalised_input(a1_ckpt: Checkpoint, source: VendoredS
     recon_z = a1_ckpt.normalizer.transform(out.reconstruction)
     assert out.anomaly_score == pytest.approx(float(np.mean((z - recon_z) ** 2)), abs=1e-12)
     assert out.anomaly_score == pytest.approx(float(out.sensor_error.mean()), abs=1e-15)
-    assert out.anomaly_detected == (out.anomaly_score > out.threshold)
+    assert not out.anomaly_detected  # the deployed rule never alarms during a stream's warm-up
+
+
+def test_checkpoint_carries_the_deployed_rule_fitted_on_train(a1_ckpt: Checkpoint) -> None:
+    from smap_shared.model.rules import DEPLOYED_RULE_NAME, CausalNdtRule, rule_from_dict
+
+    rule = rule_from_dict(a1_ckpt.meta["decision_rule"])
+    assert isinstance(rule, CausalNdtRule) and a1_ckpt.meta["decision_rule_name"] == DEPLOYED_RULE_NAME
+    assert rule.train_max > 0 and len(rule.initial) == min(rule.window, 2880)
+    assert Scorer(a1_ckpt).rule == rule
