@@ -3,7 +3,10 @@
 The model is stateful, and delivery upstream is at-least-once, so the model itself decides what a request
 means from its `sequence_index`:
 - newer than the last applied index: apply the step (a jump forward is a gap: counted, still applied);
-- not newer: a redelivery; answer with the outputs recorded the first time and leave the state alone.
+- not newer and still in the recent history: a redelivery; answer with the outputs recorded the first time
+  and leave the state alone;
+- older than the history remembers: the source started the stream over (a simulator restart or a new lap
+  of a replay): the stream restarts from the initial state at that index, as the offline model would.
 
 State is written through to a store (Redis in production) before it becomes visible in memory, so a crash
 between the two can only lose a step that was never answered, and a restart resumes every stream where it
@@ -35,6 +38,7 @@ class StreamState:
     last_index: int | None = None
     steps: int = 0
     gaps: int = 0  # total indices skipped over the stream's life
+    resets: int = 0  # times the source started the stream over
     history: OrderedDict[int, StepOutput] = field(default_factory=OrderedDict)
 
 
@@ -43,10 +47,6 @@ class StepResult:
     output: StepOutput
     duplicate: bool
     gap: int  # indices skipped right before this step (0 when contiguous)
-
-
-class UnknownHistoryError(LookupError):
-    """A redelivered index older than the remembered history: its outputs cannot be replayed."""
 
 
 class StateStore(Protocol):
@@ -101,12 +101,11 @@ class StreamRegistry:
         st = self.state(sid)
         if index is not None and st.last_index is not None and index <= st.last_index:
             cached = st.history.get(index)
-            if cached is None:
-                raise UnknownHistoryError(
-                    f"stream {sid}: index {index} was applied long ago (last {st.last_index}, "
-                    f"history holds {len(st.history)}); its outputs are no longer available"
-                )
-            return StepResult(cached, duplicate=True, gap=0)
+            if cached is not None:
+                return StepResult(cached, duplicate=True, gap=0)
+            log.warning("stream %s restarts at index %d (last applied %d, beyond the %d-step history)",
+                        sid, index, st.last_index, len(st.history))
+            st = StreamState(hidden=self.scorer.initial_state(), gaps=st.gaps, resets=st.resets + 1)
         out, hidden = self.scorer.step(x, st.hidden)
         gap = 0 if index is None or st.last_index is None else index - st.last_index - 1
         history = OrderedDict(st.history)
@@ -116,7 +115,7 @@ class StreamRegistry:
                 history.popitem(last=False)
         new = StreamState(
             hidden=hidden, last_index=index if index is not None else st.last_index,
-            steps=st.steps + 1, gaps=st.gaps + gap, history=history,
+            steps=st.steps + 1, gaps=st.gaps + gap, resets=st.resets, history=history,
         )
         # Write through first: if the store fails, nothing changed and the caller's retry recomputes.
         self.store.save(sid, new, index, out)
@@ -146,7 +145,7 @@ class RedisStateStore:
             "hidden": state.hidden.astype("<f8").tobytes(),
             "shape": json.dumps(list(state.hidden.shape)),
             "last_index": "" if state.last_index is None else str(state.last_index),
-            "steps": state.steps, "gaps": state.gaps,
+            "steps": state.steps, "gaps": state.gaps, "resets": state.resets,
         })
         if index is not None:
             pipe.rpush(hist, encode_output(index, output))
@@ -170,7 +169,8 @@ class RedisStateStore:
                 history[i] = o
             out[sid] = StreamState(
                 hidden=hidden, last_index=int(last) if last else None,
-                steps=int(h[b"steps"]), gaps=int(h[b"gaps"]), history=history,
+                steps=int(h[b"steps"]), gaps=int(h[b"gaps"]), resets=int(h.get(b"resets", 0)),
+                history=history,
             )
         return out
 

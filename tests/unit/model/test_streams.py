@@ -9,7 +9,6 @@ from smap_shared.model.scorer import Scorer, StepOutput
 from smap_shared.model.streams import (
     StreamRegistry,
     StreamState,
-    UnknownHistoryError,
     decode_output,
     encode_output,
 )
@@ -66,13 +65,16 @@ def test_gap_is_applied_and_counted(a1_ckpt: Checkpoint, seq: np.ndarray) -> Non
     assert reg.streams["s"].gaps == 4 and reg.streams["s"].last_index == 5
 
 
-def test_history_is_bounded(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_history_is_bounded_and_an_old_index_restarts_the_stream(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
     reg = StreamRegistry(Scorer(a1_ckpt), history=5)
     for i, row in enumerate(seq[:20]):
         reg.step(row, "s", i)
     assert list(reg.streams["s"].history) == [15, 16, 17, 18, 19]
-    with pytest.raises(UnknownHistoryError, match="no longer available"):
-        reg.step(seq[2], "s", 2)
+    # index 2 again, long after: the source started over (a replay's new lap): fresh state, applied
+    res = [reg.step(row, "s", 2 + i) for i, row in enumerate(seq[2:12])]
+    assert not any(r.duplicate for r in res) and reg.streams["s"].resets == 1
+    fresh = Scorer(a1_ckpt).run(seq[2:12]).anomaly_score
+    np.testing.assert_allclose([r.output.anomaly_score for r in res], fresh, atol=1e-12)
 
 
 def test_store_failure_changes_nothing(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
