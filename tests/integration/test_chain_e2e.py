@@ -14,7 +14,7 @@ import json
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,20 +63,27 @@ async def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]])
         await producer.stop()
 
 
-async def _consume(bootstrap: str, topic: str, want: int, timeout: float) -> list[bytes]:
-    """Read the topic from the beginning until `want` messages arrived or `timeout` passed."""
+async def _consume(
+    bootstrap: str, topic: str, want: int, timeout: float, distinct: Callable[[bytes], object] | None = None
+) -> list[bytes]:
+    """Read the topic from the beginning until `want` messages (or `want` distinct keys of them, redeliveries
+    counted once) arrived or `timeout` passed."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None, fetch_max_wait_ms=50)
     await consumer.start()
     out: list[bytes] = []
+    keys: set[object] = set()
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while len(out) < want and loop.time() < deadline:
+        while (len(keys) if distinct else len(out)) < want and loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-            out.extend(m.value for msgs in batch.values() for m in msgs)
+            new = [m.value for msgs in batch.values() for m in msgs]
+            out.extend(new)
+            if distinct:
+                keys.update(distinct(v) for v in new)
     finally:
         await consumer.stop()
     return out
@@ -130,7 +137,11 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
         t.join(300)
         assert "worker-shard0" in chain.procs, "the worker was never killed and restarted"
 
-    raw = asyncio.run(_consume(bootstrap, "smap-inference-results", total, 300))
+    def result_key(raw: bytes) -> tuple[str, int]:
+        r = json.loads(raw)
+        return (r["stream_id"], r["index"])
+
+    raw = asyncio.run(_consume(bootstrap, "smap-inference-results", total, 300, distinct=result_key))
     results = [InferenceResult.model_validate_json(r) for r in raw]
     by_key: dict[tuple[str, int], list[InferenceResult]] = defaultdict(list)
     for r in results:
