@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +26,7 @@ from smap_shared.streaming.metrics import simulator_metrics
 from smap_shared.streaming.retry import RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S
 
 log = logging.getLogger(__name__)
+MIN_TICK_SPACING = timedelta(milliseconds=1)
 
 PROGRESS_EVERY_S = 10.0
 
@@ -141,6 +142,16 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
+def tick_timestamp(previous: datetime | None) -> datetime:
+    """Now, but at least 1 ms after the previous tick: at full speed ticks can come faster than the
+    millisecond resolution of VictoriaMetrics, which would merge two frames of a stream into one sample."""
+    now = utc_now()
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # whole milliseconds, as VM stores them
+    if previous is not None and now < previous + MIN_TICK_SPACING:
+        return previous + MIN_TICK_SPACING
+    return now
+
+
 class _Cursor:
     """A stream and the next row index it emits (None: the stream is done)."""
 
@@ -173,12 +184,15 @@ async def replay(
     interval = settings.simulator_interval_s
     next_tick = last_report = time.monotonic()
     frames_at_report = 0
+    last_stamp: datetime | None = None
     while cursors and not stop.is_set():
         tick_start = time.monotonic()
+        stamp = tick_timestamp(last_stamp)
+        last_stamp = stamp
         frames = []
         for c in cursors:
             assert c.next is not None
-            msg = c.replay.frame(c.next, utc_now())  # the timestamp is the moment the frame is emitted
+            msg = c.replay.frame(c.next, stamp)  # the timestamp is the moment the frame is emitted
             # keyed by stream id: a stream stays in one partition, so its frames stay in order
             frames.append((c.replay.stream_id.encode(), msg.model_dump_json().encode()))
         # acks=all: every frame of the tick is durable before the next tick

@@ -197,3 +197,16 @@ def test_send_tick_resends_only_the_frames_not_acked() -> None:
     stopped = asyncio.Event()
     stopped.set()
     assert asyncio.run(send_tick(FlakyProducer(failures=99), "t", frames, stopped)) is False
+
+
+def test_tick_timestamps_are_whole_distinct_milliseconds() -> None:
+    from datetime import timedelta
+    from itertools import pairwise
+
+    from smap_shared.streaming.simulator import tick_timestamp
+
+    stamps = [tick_timestamp(None)]
+    for _ in range(200):  # far faster than 1 ms per tick
+        stamps.append(tick_timestamp(stamps[-1]))
+    assert all(b - a >= timedelta(milliseconds=1) for a, b in pairwise(stamps))
+    assert all(s.microsecond % 1000 == 0 for s in stamps)
