@@ -24,6 +24,7 @@ from smap_shared.fleet import default_fleet
 from smap_shared.infra.chain import Chain
 from smap_shared.model.train import TrainConfig, train_many
 from smap_shared.schemas import InferenceResult
+from smap_shared.streaming.kafka import ContiguousFetcher
 from smap_shared.triton.client import OmniAnomalyClient
 
 
@@ -33,10 +34,11 @@ async def collect(bootstrap: str, want: int, timeout: float, out: list[tuple[flo
     consumer = AIOKafkaConsumer("smap-inference-results", bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=20)
     await consumer.start()
+    fetcher = ContiguousFetcher(consumer)
     try:
         deadline = time.monotonic() + timeout
         while len(out) < want and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
+            batch = await fetcher.getmany(timeout_ms=200)
             now = time.time()
             for msgs in batch.values():
                 out.extend((now, InferenceResult.model_validate_json(m.value)) for m in msgs)

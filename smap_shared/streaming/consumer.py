@@ -24,6 +24,7 @@ from smap_shared.settings import ConsumerSettings
 from smap_shared.streaming.kafka import (
     SHUTDOWN_STEP_TIMEOUT_S,
     AckedSender,
+    ContiguousFetcher,
     commit,
     key_text,
     make_consumer,
@@ -278,13 +279,14 @@ async def run_consumer(
                          flush_interval_s=settings.consumer_flush_interval_s)
     try:
         await consumer.start()
+        fetcher = ContiguousFetcher(consumer)
         log.info("consuming %s as group %s -> %s", settings.results_topic, settings.consumer_group_id,
                  settings.victoria_url)
         while not stop.is_set():
             due = writer.seconds_until_due()
             timeout_ms = POLL_TIMEOUT_MS if due is None else min(POLL_TIMEOUT_MS, int(due * 1000))
             room = settings.consumer_batch_max - writer.pending.messages
-            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max(room, 1))
+            batches = await fetcher.getmany(timeout_ms=timeout_ms, max_records=max(room, 1))
             for tp, records in batches.items():
                 for record in records:
                     lines = None if stop.is_set() else await handler.lines_of(record)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -98,3 +99,56 @@ async def settle(step: Awaitable[object], what: str, timeout_s: float = SHUTDOWN
         await asyncio.wait_for(step, timeout_s)
     except Exception as exc:
         log.warning("%s failed during shutdown: %r", what, exc)
+
+
+class ContiguousFetcher:
+    """`getmany` that never silently skips a record.
+
+    The Kafka-compatible dev broker (Tansu, in memory) now and then answers a fetch that races an append
+    with a batch that skips one offset (seen here: ~1 record in 4,500 with concurrent producers and
+    readers). Our topics use neither transactions nor compaction, so their offsets are contiguous and any
+    gap is such a skip: the partition is cut at the gap and fetched again from the missing offset. A gap
+    that persists after `max_refetch` tries (a transaction marker on a real Kafka, say) is accepted with a
+    warning, so a consumer can never spin on it.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, max_refetch: int = 5,
+                 on_gap: Callable[[], None] | None = None) -> None:
+        self.consumer = consumer
+        self.max_refetch = max_refetch
+        self.on_gap = on_gap
+        self._tries: dict[tuple[TopicPartition, int], int] = {}
+
+    async def _positions(self) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for tp in self.consumer.assignment():
+            with contextlib.suppress(Exception):  # a partition being reassigned has no position yet
+                out[tp] = await self.consumer.position(tp)
+        return out
+
+    async def getmany(self, timeout_ms: int, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        before = await self._positions()
+        batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        out: dict[TopicPartition, list[Any]] = {}
+        for tp, records in batches.items():
+            expected = before.get(tp)
+            keep = []
+            for record in records:
+                if expected is not None and record.offset > expected:
+                    key = (tp, expected)
+                    self._tries[key] = self._tries.get(key, 0) + 1
+                    if self._tries[key] <= self.max_refetch:
+                        log.warning("%s[%d]: fetch skipped offsets %d..%d; fetching again from %d",
+                                    tp.topic, tp.partition, expected, record.offset - 1, expected)
+                        if self.on_gap is not None:
+                            self.on_gap()
+                        self.consumer.seek(tp, expected)
+                        break
+                    log.warning("%s[%d]: offsets %d..%d still missing after %d fetches; going on",
+                                tp.topic, tp.partition, expected, record.offset - 1, self.max_refetch)
+                self._tries.pop((tp, record.offset), None)
+                keep.append(record)
+                expected = record.offset + 1
+            if keep:
+                out[tp] = keep
+        return out

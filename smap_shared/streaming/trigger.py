@@ -24,7 +24,15 @@ from smap_shared.routing import TASK_NAME, queue_for
 from smap_shared.schemas import InferenceTask
 from smap_shared.settings import TriggerSettings
 from smap_shared.streaming.celery_app import make_celery_app
-from smap_shared.streaming.kafka import AckedSender, commit, key_text, make_consumer, settle, start_producer
+from smap_shared.streaming.kafka import (
+    AckedSender,
+    ContiguousFetcher,
+    commit,
+    key_text,
+    make_consumer,
+    settle,
+    start_producer,
+)
 from smap_shared.streaming.metrics import trigger_metrics
 from smap_shared.streaming.retry import retry_until_done
 from smap_shared.streaming.validation import Invalid, dead_letter, entity_widths, validate_telemetry
@@ -138,10 +146,11 @@ async def run_trigger(
     handled: dict[TopicPartition, int] = {}
     try:
         await consumer.start()
+        fetcher = ContiguousFetcher(consumer)
         log.info("consuming %s as group %s; %d shard queues", settings.telemetry_topic,
                  settings.trigger_group_id, settings.inference_shards)
         while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+            batches = await fetcher.getmany(timeout_ms=POLL_TIMEOUT_MS)
             for tp, records in batches.items():
                 for record in records:
                     # a stop leaves the rest for the next owner of the partition (redelivered from there)

@@ -124,7 +124,8 @@ class KafkaResultPublisher:
     async def _send(self, topic: str, key: bytes, value: bytes) -> None:
         if self._producer is None:
             self._producer = await start_producer(self.bootstrap_servers, client_id=self.client_id)
-        await self._producer.send_and_wait(topic, value=value, key=key)
+        meta = await self._producer.send_and_wait(topic, value=value, key=key)
+        log.debug("published %s to %s[%d]@%d", key.decode(errors="replace"), topic, meta.partition, meta.offset)
 
     def publish(self, topic: str, key: bytes, value: bytes) -> None:
         self._loop.run(self._send(topic, key, value), self.timeout_s)
@@ -244,6 +245,7 @@ class InferenceRunner:
         outputs, inference_ms = self._with_retry("triton", what, lambda: self._infer(task))
         result = build_result(task, outputs, inference_ms)
         self._with_retry("kafka", what, lambda: self._publish(result))
+        log.debug("%s done (duplicate=%s)", what, outputs.duplicate)
         return result
 
     def execute(self, kwargs: Mapping[str, Any]) -> InferenceResult:
