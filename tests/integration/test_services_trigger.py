@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,23 +27,6 @@ pytestmark = pytest.mark.integration
 
 BOOTSTRAP = "localhost:9092"
 SHARDS = 3
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def broker_url() -> Iterator[str]:
-    if shutil.which("rabbitmqctl") is None:
-        pytest.fail("rabbitmqctl is needed to make the test's own RabbitMQ vhost")
-    vhost = f"smap-test-{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", vhost)
-    try:
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@localhost:5672/{vhost}"
-    finally:
-        _rabbitmqctl("delete_vhost", vhost)
 
 
 def _frame(sat: str, entity: str, index: int, n: int = 25) -> dict[str, Any]:

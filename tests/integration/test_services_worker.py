@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -20,7 +19,6 @@ import subprocess
 import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,23 +39,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = "localhost:9092"
 N = 25
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def broker_url() -> Iterator[str]:
-    if shutil.which("rabbitmqctl") is None:
-        pytest.fail("rabbitmqctl is needed to make the test's own RabbitMQ vhost")
-    vhost = f"smap-test-{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", vhost)
-    try:
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@localhost:5672/{vhost}"
-    finally:
-        _rabbitmqctl("delete_vhost", vhost)
 
 
 class FakeTriton(BaseHTTPRequestHandler):
