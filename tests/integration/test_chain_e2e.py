@@ -14,11 +14,12 @@ import json
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from kafka_io import produce, read_topic
 
 from smap_shared.data import VendoredSource
 from smap_shared.fleet import default_fleet, stream_id
@@ -26,7 +27,6 @@ from smap_shared.infra.chain import Chain
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.scorer import Scorer
 from smap_shared.schemas import DeadLetter, InferenceResult
-from smap_shared.streaming.kafka import ContiguousFetcher
 
 pytestmark = pytest.mark.integration
 
@@ -50,45 +50,6 @@ BAD_MESSAGES: list[tuple[bytes, str]] = [
                  "index": 1, "sensors": {f"sensor_{i}": 0.0 for i in range(25)}}).encode(),
      "unknown entity 'z-9'"),
 ]
-
-
-async def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for key, value in items:
-            await producer.send_and_wait(topic, value=value, key=key)
-    finally:
-        await producer.stop()
-
-
-async def _consume(
-    bootstrap: str, topic: str, want: int, timeout: float, distinct: Callable[[bytes], object] | None = None
-) -> list[bytes]:
-    """Read the topic from the beginning until `want` messages (or `want` distinct keys of them, redeliveries
-    counted once) arrived or `timeout` passed."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None, fetch_max_wait_ms=50)
-    await consumer.start()
-    fetcher = ContiguousFetcher(consumer)  # the dev broker can skip a record in a fetch that races an append
-    out: list[bytes] = []
-    keys: set[object] = set()
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (len(keys) if distinct else len(out)) < want and loop.time() < deadline:
-            batch = await fetcher.getmany(timeout_ms=500, max_records=2000)
-            new = [m.value for msgs in batch.values() for m in msgs]
-            out.extend(new)
-            if distinct:
-                keys.update(distinct(v) for v in new)
-    finally:
-        await consumer.stop()
-    return out
 
 
 def _vm_export(chain: Chain, match: str) -> list[dict[str, object]]:
@@ -121,13 +82,13 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
     bootstrap = f"localhost:{chain.kafka_port}"
     total = len(STREAMS) * STEPS
     # malformed telemetry first, so the trigger meets it before the stream and must carry on past it
-    asyncio.run(_produce(bootstrap, "smap-telemetry", [(b"SAT-001/A-1", v) for v, _ in BAD_MESSAGES]))
+    asyncio.run(produce(bootstrap, "smap-telemetry", [(b"SAT-001/A-1", v) for v, _ in BAD_MESSAGES]))
     if kill_worker:
         import threading
 
         def killer() -> None:
             # once about a third of the results are out, SIGKILL shard 0 mid-stream and start it again
-            got = asyncio.run(_consume(bootstrap, "smap-inference-results", total // 3, 240))
+            got = asyncio.run(read_topic(bootstrap, "smap-inference-results", total // 3, 240))
             assert len(got) >= total // 3
             chain.kill("worker-shard0")
             chain.start_worker(0)
@@ -143,7 +104,7 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
         r = json.loads(raw)
         return (r["stream_id"], r["index"])
 
-    raw = asyncio.run(_consume(bootstrap, "smap-inference-results", total, 300, distinct=result_key))
+    raw = asyncio.run(read_topic(bootstrap, "smap-inference-results", total, 300, distinct=result_key))
     results = [InferenceResult.model_validate_json(r) for r in raw]
     by_key: dict[tuple[str, int], list[InferenceResult]] = defaultdict(list)
     for r in results:
@@ -173,7 +134,7 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
 
     # the DLQ holds every malformed message with a reason, and the stream went on (checked above)
     dlq = [DeadLetter.model_validate_json(m) for m in asyncio.run(
-        _consume(bootstrap, "smap-telemetry-dlq", len(BAD_MESSAGES), 60))]
+        read_topic(bootstrap, "smap-telemetry-dlq", len(BAD_MESSAGES), 60))]
     assert len(dlq) == len(BAD_MESSAGES)
     for letter, (payload, hint) in zip(sorted(dlq, key=lambda d: d.offset), BAD_MESSAGES, strict=True):
         assert letter.raw_payload.encode() == payload

@@ -16,7 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka_io import produce
 
 from smap_shared.schemas import DeadLetter, InferenceResult
 from smap_shared.settings import ConsumerSettings
@@ -52,16 +53,6 @@ def _settings(run: str, **kw: Any) -> ConsumerSettings:
         "consumer_flush_interval_s": 0.1,
     }
     return ConsumerSettings(**{**fields, **kw})
-
-
-async def _produce(topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
-    await producer.start()
-    try:
-        for key, value in values:
-            await producer.send_and_wait(topic, value=value, key=key)
-    finally:
-        await producer.stop()
 
 
 async def _committed_and_end(topic: str, group: str) -> tuple[dict[int, int | None], dict[int, int]]:
@@ -116,7 +107,7 @@ def test_consumer_writes_exact_values_and_dead_letters_invalid_results() -> None
     values.insert(1, (f"{sat}/A-1".encode(), b'{"stream_id": "broken"'))
 
     async def scenario() -> None:
-        await _produce(settings.results_topic, values)
+        await produce(BOOTSTRAP, settings.results_topic, values)
         stop = asyncio.Event()
         consumer = asyncio.create_task(run_consumer(settings, stop))
         series = await _wait_for_samples(sat, 3 * SERIES_PER_RESULT, timeout_s=20)
@@ -162,7 +153,7 @@ def test_consumer_keeps_the_batch_uncommitted_while_victoriametrics_is_down() ->
     failures = consumer_metrics().import_failures
 
     async def scenario() -> None:
-        await _produce(settings.results_topic, [(r.stream_id.encode(), r.model_dump_json().encode())
+        await produce(BOOTSTRAP, settings.results_topic, [(r.stream_id.encode(), r.model_dump_json().encode())
                                                 for r in results])
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             importer = VictoriaImporter("http://127.0.0.1:1", session)  # nothing listens there

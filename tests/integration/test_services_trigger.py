@@ -13,7 +13,8 @@ import uuid
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka_io import produce, read_topic
 from kombu.connection import Connection
 
 from smap_shared.routing import TASK_NAME, queue_for, queue_name
@@ -36,32 +37,6 @@ def _frame(sat: str, entity: str, index: int, n: int = 25) -> dict[str, Any]:
         sensors={k: index + i / 100 for i, k in enumerate(keys)}, ground_truth_labels=dict.fromkeys(keys, 0),
     )
     return json.loads(msg.model_dump_json())  # type: ignore[no-any-return]
-
-
-async def _produce(topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send_and_wait(topic, value=value, key=key)
-    finally:
-        await producer.stop()
-
-
-async def _read_topic(topic: str, count: int, timeout_s: float) -> list[bytes]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=20, group_id=None)
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while len(values) < count and loop.time() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                values.extend(r.value for r in records)
-    finally:
-        await consumer.stop()
-    return values
 
 
 async def _committed_and_end(topic: str, group: str) -> tuple[dict[int, int | None], dict[int, int]]:
@@ -141,10 +116,10 @@ def test_trigger_routes_valid_frames_and_dead_letters_invalid_ones(broker_url: s
     _declare_queues(broker_url)
 
     async def scenario() -> None:
-        await _produce(settings.telemetry_topic, records)
+        await produce(BOOTSTRAP, settings.telemetry_topic, records)
         stop = asyncio.Event()
         trigger = asyncio.create_task(run_trigger(settings, stop))
-        letters = await _read_topic(settings.dlq_topic, len(invalid), timeout_s=20)
+        letters = await read_topic(BOOTSTRAP, settings.dlq_topic, len(invalid), timeout_s=20)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
         while _queue_depths(broker_url) < len(valid) and loop.time() < deadline:
@@ -193,7 +168,7 @@ def test_trigger_commits_nothing_while_rabbitmq_is_unreachable(broker_url: str) 
     retries = trigger_metrics().publish_retries
 
     async def scenario() -> None:
-        await _produce(settings.telemetry_topic, records)
+        await produce(BOOTSTRAP, settings.telemetry_topic, records)
         before = retries._value.get()
         stop = asyncio.Event()
         trigger = asyncio.create_task(run_trigger(settings, stop, publisher=publisher))

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer
+from kafka_io import read_topic
 from kombu.connection import Connection
 
 from smap_shared.routing import queue_name
@@ -125,19 +125,7 @@ def _metric(port: int, name: str) -> float:
 
 
 async def _read_results(topic: str, count: int, timeout_s: float) -> list[InferenceResult]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=None,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=20)
-    await consumer.start()
-    out: list[InferenceResult] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while len(out) < count and loop.time() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(InferenceResult.model_validate_json(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return out
+    return [InferenceResult.model_validate_json(v) for v in await read_topic(BOOTSTRAP, topic, count, timeout_s)]
 
 
 def test_worker_runs_tasks_in_order_with_in_place_retries(broker_url: str) -> None:
