@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from smap_shared.data import ChannelData, default_source
 from smap_shared.model.normalization import CLIP, Normalizer
-from smap_shared.model.train import TrainConfig, _segments
+from smap_shared.model.train import TrainConfig, fit_weights
 
 Array = npt.NDArray[np.float64]
 
@@ -85,36 +85,11 @@ def column_weights(v: Variant, n: int) -> Array:
 
 
 def train_variant(data: ChannelData, v: Variant, cfg: TrainConfig) -> tuple[dict[str, Array], Normalizer]:
-    import torch
-
-    from smap_shared.model.network import OmniAnomaly
-
-    torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True)
     norm = make_normalizer(v, data.train)
-    z = norm.transform(data.train)
-    batch = torch.from_numpy(_segments(z, cfg.segments).astype(np.float32))
-    w = torch.from_numpy(column_weights(v, data.n_sensors).astype(np.float32))
-    model = OmniAnomaly(data.n_sensors)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    for _ in range(v.epochs):
-        hidden = None
-        for start in range(0, batch.shape[0], v.chunk):
-            # with `predict`, one extra row is read so that every input row has its successor as target
-            x = batch[start : start + v.chunk + (1 if v.predict else 0)]
-            inp, target = (x[:-1], x[1:]) if v.predict else (x, x)
-            if inp.shape[0] == 0:
-                continue
-            recon, mu, logvar, hidden = model(inp, hidden, sample=True)
-            hidden = hidden.detach()
-            mse = torch.mean(((recon - target) ** 2) * w)
-            kld = -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
-            loss = mse + cfg.beta * kld
-            opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-    weights = {k: val.detach().double().numpy().copy() for k, val in model.state_dict().items()}
+    weights = fit_weights(
+        norm.transform(data.train), data.n_sensors, cfg, epochs=v.epochs, chunk=v.chunk,
+        loss_weights=column_weights(v, data.n_sensors), predict=v.predict,
+    )
     return weights, norm
 
 

@@ -52,32 +52,53 @@ def _segments(z: Array, n_seg: int) -> Array:
     return np.stack([z[i * length : (i + 1) * length] for i in range(n_seg)], axis=1)
 
 
-def train_entity(data: ChannelData, cfg: TrainConfig) -> Checkpoint:
+def fit_weights(
+    z: Array, n_sensors: int, cfg: TrainConfig, *, epochs: int | None = None, chunk: int | None = None,
+    loss_weights: Array | None = None, predict: bool = False,
+) -> dict[str, Array]:
+    """Seeded stateful TBPTT of a fresh network on a normalised train sequence; float64 weights.
+
+    `loss_weights` (per sensor) and `predict` (target = the next row) serve the evaluation's training
+    experiments; the deployed models use neither."""
     import torch
 
     from smap_shared.model.network import OmniAnomaly
 
+    epochs = cfg.epochs if epochs is None else epochs
+    chunk = cfg.chunk if chunk is None else chunk
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
-    norm = Normalizer.fit(data.train)
-    z = norm.transform(data.train)
     batch = torch.from_numpy(_segments(z, cfg.segments).astype(np.float32))
-    model = OmniAnomaly(data.n_sensors)
+    w = None if loss_weights is None else torch.from_numpy(loss_weights.astype(np.float32))
+    model = OmniAnomaly(n_sensors)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
-    for _ in range(cfg.epochs):
+    for _ in range(epochs):
         hidden = None
-        for start in range(0, batch.shape[0], cfg.chunk):
-            x = batch[start : start + cfg.chunk]
-            recon, mu, logvar, hidden = model(x, hidden, sample=True)
+        for start in range(0, batch.shape[0], chunk):
+            # with `predict`, one extra row is read so that every input row has its successor as target
+            x = batch[start : start + chunk + (1 if predict else 0)]
+            inp, target = (x[:-1], x[1:]) if predict else (x, x)
+            if inp.shape[0] == 0:
+                continue
+            recon, mu, logvar, hidden = model(inp, hidden, sample=True)
             hidden = hidden.detach()
-            mse = torch.mean((recon - x) ** 2)
+            sq = (recon - target) ** 2
+            mse = torch.mean(sq if w is None else sq * w)
             kld = -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
             loss = mse + cfg.beta * kld
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-    weights = {k: v.detach().double().numpy().copy() for k, v in model.state_dict().items()}
+    return {k: v.detach().double().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def train_entity(data: ChannelData, cfg: TrainConfig) -> Checkpoint:
+    import torch
+
+    norm = Normalizer.fit(data.train)
+    z = norm.transform(data.train)
+    weights = fit_weights(z, data.n_sensors, cfg)
     train_errors = sensor_errors_torch(weights, data.n_sensors, z)
     train_scores = train_errors.mean(axis=1)
     fit = pot_threshold(train_scores, risk=cfg.pot_risk, init_quantile=cfg.pot_init_quantile)
