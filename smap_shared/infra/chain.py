@@ -124,7 +124,7 @@ class Chain:
         self._spawn(f"worker-shard{shard}", [
             str(VENV_BIN / "celery"), "-A", "smap_analysis.celery_app", "worker",
             "-Q", f"smap-inference-shard-{shard}", "-c", "1", "--prefetch-multiplier", "1",
-            "-n", f"shard{shard}-{self.run_id}@%h", "--pool", os.environ.get("CHAIN_WORKER_POOL", "threads"),
+            "-n", f"shard{shard}-{self.run_id}@%h", "--pool", "threads",  # as start-smap.sh runs them
             "--without-gossip", "--without-mingle",
             "-E", "--loglevel", os.environ.get("CHAIN_WORKER_LOGLEVEL", "INFO"),
         ], env=self.env(SHARD_INDEX=str(shard)), cwd=REPO_ROOT / "smap-analysis-worker")
