@@ -4,6 +4,7 @@ Topic `smap-telemetry`          : TelemetryMessage (key: stream id, e.g. "SAT-00
 Celery task kwargs              : InferenceTask
 Topic `smap-inference-results`  : InferenceResult (key: stream id)
 Topic `smap-telemetry-dlq`      : DeadLetter
+Topic `smap-alerts`             : AlertEvent (key: stream id)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import base64
 import math
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
@@ -132,6 +133,9 @@ class InferenceResult(_Frozen):
     anomaly_detected: bool
     threshold: float
     inference_time_ms: float
+    #: The value the deployed decision rule compares with `threshold` (its units; not anomaly_score's for
+    #: the causal rule). None in results from before this field existed.
+    detector_signal: float | None = None
     ground_truth_labels: dict[str, int] = Field(default_factory=dict)
     duplicate: bool = False  # the model had already applied this index (a redelivery): outputs replayed
     gap: int = 0  # steps skipped before this one (indices never received)
@@ -154,3 +158,34 @@ class DeadLetter(_Frozen):
             return raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+AlertSeverity = Literal["info", "warning", "critical"]
+AlertState = Literal["pending", "firing", "resolved"]
+
+
+class SensorContribution(_Frozen):
+    id: str  # sensor_<i>
+    error: float  # its reconstruction error at that step
+
+
+class AlertEvent(_Frozen):
+    """One alert lifecycle event (a transition or an acknowledgement), published by the alert manager
+    and forwarded to dashboard clients on the WebSocket."""
+
+    type: Literal["smap_alert"] = "smap_alert"
+    event: Literal["pending", "firing", "resolved", "acknowledged"]
+    alert_id: int
+    rule: str
+    severity: AlertSeverity
+    state: AlertState
+    satellite_id: str
+    entity: str
+    sensor: str | None = None  # set for sensor-scoped rules
+    stream_id: str
+    score: float  # anomaly_score at this event (at firing: the score at firing time)
+    top_sensors: list[SensorContribution] = Field(default_factory=list)
+    started_at: UtcDatetime  # first frame of the condition
+    at: UtcDatetime  # when this event happened (frame timestamp)
+    acknowledged: bool = False
+    message: str = ""

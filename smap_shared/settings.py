@@ -75,3 +75,41 @@ class TritonSettings(_Settings):
     model_state_redis_url: str = "redis://localhost:6379/2"
     #: KIND_GPU when a GPU is visible at generation time, else KIND_CPU; "auto" decides.
     triton_instance_kind: str = "auto"
+
+
+class OperationServerSettings(_Settings):
+    """smap-operation-server: REST API over VictoriaMetrics, WebSocket live stream, the dashboard page."""
+
+    operation_host: str = "0.0.0.0"
+    operation_port: int = 8000
+    victoria_url: str = "http://localhost:8428"
+    victoria_timeout_s: float = Field(default=5.0, gt=0)
+    #: The alert manager's API, proxied under /api/smap/alerts so the page talks to one origin.
+    alert_manager_url: str = "http://localhost:8002"
+    alerts_topic: str = "smap-alerts"
+    kafka_fetch_max_wait_ms: int = 20
+    smap_data_dir: Path | None = None  # the sensor count of each entity comes from its data
+    metrics_port: int = 9305
+
+
+class AlertManagerSettings(_Settings):
+    """smap-alert-manager: rules over the results topic, alert history in PostgreSQL, notifications."""
+
+    alert_group_id: str = "smap-alert-manager"
+    alert_rules_file: Path | None = None  # None: the packaged alert_rules.toml
+    alerts_topic: str = "smap-alerts"
+    #: PostgreSQL holding the alert history, transitions, acknowledgements, outbox and delivery log.
+    alert_database_url: str = "postgresql://postgres@127.0.0.1:5432/smap_alerts"
+    alert_api_host: str = "0.0.0.0"
+    alert_api_port: int = 8002
+    #: Secrets come from the environment only; empty disables the channel.
+    slack_webhook_url: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    alert_email_from: str = "smap-alerts@localhost"
+    alert_email_to: str = ""  # comma-separated
+    kafka_fetch_max_wait_ms: int = 20
+    metrics_port: int = 9306

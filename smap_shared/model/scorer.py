@@ -31,13 +31,15 @@ class StepOutput:
     """reconstruction is in raw sensor units (comparable with the input); sensor_error is the squared error
     in normalised units, and anomaly_score its mean over sensors (the spec's MSE). anomaly_detected and
     threshold come from the checkpoint's decision rule: for the deployed causal rule the threshold is in the
-    units of its own signal (the smoothed absolute error of the telemetry value), not of anomaly_score."""
+    units of its own signal (the smoothed absolute error of the telemetry value), not of anomaly_score;
+    detector_signal is that signal, the value the rule compares with threshold (for score rules: the score)."""
 
     reconstruction: Array
     sensor_error: Array
     anomaly_score: float
     anomaly_detected: bool
     threshold: float
+    detector_signal: float
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class SequenceOutput:
     anomaly_score: Array  # (T,)
     anomaly_detected: npt.NDArray[np.bool_]  # (T,)
     threshold: Array  # (T,)
+    detector_signal: Array  # (T,)
     final_state: Array
 
 
@@ -68,10 +71,10 @@ class Scorer:
         err = (z - recon) ** 2
         score = float(err.mean())
         rule_state = state[HIDDEN_SIZE:].copy()
-        detected, threshold, _signal = self.rule.step(rule_state, score, err)
+        detected, threshold, signal = self.rule.step(rule_state, score, err)
         out = StepOutput(
             reconstruction=self.norm.inverse(recon), sensor_error=err, anomaly_score=score,
-            anomaly_detected=detected, threshold=threshold,
+            anomaly_detected=detected, threshold=threshold, detector_signal=float(signal),
         )
         return out, np.concatenate((new_hidden.ravel(), rule_state))
 
@@ -105,5 +108,6 @@ class Scorer:
             anomaly_score=np.array([o.anomaly_score for o in outs]),
             anomaly_detected=np.array([o.anomaly_detected for o in outs], dtype=bool),
             threshold=np.array([o.threshold for o in outs]),
+            detector_signal=np.array([o.detector_signal for o in outs]),
             final_state=h,
         )

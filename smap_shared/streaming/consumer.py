@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ def result_lines(result: InferenceResult) -> list[str]:
         f"smap_inference_time_ms{{{base}}} {_num(result.inference_time_ms)} {ts}",
         f"smap_anomaly_threshold{{{base}}} {_num(result.threshold)} {ts}",
     ]
+    if result.detector_signal is not None and math.isfinite(result.detector_signal):
+        # the rule's own signal: the series to draw smap_anomaly_threshold against
+        lines.append(f"smap_detector_signal{{{base}}} {_num(result.detector_signal)} {ts}")
     labels = result.ground_truth_labels
     if labels:
         lines.append(f"smap_ground_truth_anomaly{{{base}}} {max(labels.values())} {ts}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 import threading
 import time
@@ -155,7 +156,9 @@ def build_result(task: InferenceTask, outputs: ModelOutputs, inference_time_ms: 
         reconstruction=dict(zip(keys, (float(v) for v in outputs.reconstruction), strict=True)),
         sensor_error=dict(zip(keys, (float(v) for v in outputs.sensor_error), strict=True)),
         anomaly_score=outputs.anomaly_score, anomaly_detected=outputs.anomaly_detected,
-        threshold=outputs.threshold, inference_time_ms=inference_time_ms,
+        threshold=outputs.threshold,
+        detector_signal=outputs.detector_signal if math.isfinite(outputs.detector_signal) else None,
+        inference_time_ms=inference_time_ms,
         ground_truth_labels=dict(task.ground_truth_labels), duplicate=outputs.duplicate, gap=outputs.gap,
     )
 

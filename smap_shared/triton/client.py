@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,10 @@ from smap_shared.fleet import model_name
 Array = npt.NDArray[np.float64]
 
 INPUTS = ("input_data", "stream_id", "sequence_index")
-OUTPUTS = ("reconstruction", "anomaly_score", "anomaly_detected", "sensor_error", "threshold", "duplicate", "gap")
+OUTPUTS = (
+    "reconstruction", "anomaly_score", "anomaly_detected", "sensor_error", "threshold", "detector_signal",
+    "duplicate", "gap",
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class ModelOutputs:
     threshold: float
     duplicate: bool
     gap: int
+    detector_signal: float = math.nan  # what the decision rule compares with threshold
 
 
 class TritonInferenceError(RuntimeError):
@@ -87,4 +92,5 @@ class OmniAnomalyClient:
             threshold=float(res.as_numpy("threshold")[0]),
             duplicate=bool(res.as_numpy("duplicate")[0]),
             gap=int(res.as_numpy("gap")[0]),
+            detector_signal=float(res.as_numpy("detector_signal")[0]),
         )

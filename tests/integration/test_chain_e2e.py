@@ -35,6 +35,7 @@ STREAMS = default_fleet().streams()
 ENTITIES = [e for _, e in STREAMS]
 METRICS = {
     "smap_anomaly_score": False, "smap_anomaly_detected": False, "smap_anomaly_threshold": False,
+    "smap_detector_signal": False,
     "smap_inference_time_ms": False, "smap_ground_truth_anomaly": False,
     "smap_sensor_value": True, "smap_sensor_reconstruction": True, "smap_sensor_error": True,
     "smap_sensor_ground_truth": True,
@@ -128,6 +129,8 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
                     [r.sensor_error[f"sensor_{j}"] for j in range(seq.shape[1])], ref.sensor_error[i],
                     atol=1e-6, rtol=0)
                 assert r.anomaly_detected == bool(ref.anomaly_detected[i])
+                assert r.threshold == pytest.approx(ref.threshold[i], abs=1e-9)
+                assert r.detector_signal == pytest.approx(ref.detector_signal[i], abs=1e-9)
                 assert r.sensor_values == {f"sensor_{j}": float(seq[i, j]) for j in range(seq.shape[1])}
                 label = int(any(START + i in iv for iv in source.load(entity).labels))
                 assert set(r.ground_truth_labels.values()) == {label}

@@ -67,6 +67,8 @@ def _check(entity: str, i: int, got: object, ref: SequenceOutput) -> None:
     np.testing.assert_allclose(got.reconstruction, ref.reconstruction[i], atol=1e-6, rtol=0)
     np.testing.assert_allclose(got.sensor_error, ref.sensor_error[i], atol=1e-6, rtol=0)
     assert got.anomaly_detected == bool(ref.anomaly_detected[i])
+    assert got.threshold == pytest.approx(ref.threshold[i], abs=1e-9)
+    assert got.detector_signal == pytest.approx(ref.detector_signal[i], abs=1e-9)
 
 
 def test_interleaved_streams_redelivery_and_crash_restart(
