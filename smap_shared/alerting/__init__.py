@@ -1,0 +1,1 @@
+"""Alerting: rules over the inference results, the alert lifecycle, history and notifications."""

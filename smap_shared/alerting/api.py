@@ -1,0 +1,143 @@
+"""The alert history over HTTP (aiohttp), served by smap-alert-manager and proxied unchanged by the
+operation server:
+
+    GET  /api/smap/alerts?state=&severity=&satellite_id=&entity=&rule=&acknowledged=&limit=
+    GET  /api/smap/alerts/{id}          the alert with its transitions, deliveries and acknowledgements
+    POST /api/smap/alerts/{id}/ack      {"by": "...", "note": "..."} -> the alert
+    GET  /healthz
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from smap_shared.alerting.store import SEVERITIES, STATES, AlertStore, event_of_alert
+from smap_shared.schemas import AlertEvent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+STORE: web.AppKey[AlertStore] = web.AppKey("store", AlertStore)
+PUBLISH: web.AppKey[Callable[[list[AlertEvent]], Awaitable[None]]] = web.AppKey("publish")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def parse_filters(query: Any) -> tuple[dict[str, Any], int]:
+    """The list endpoint's filters and limit; ValueError names the bad parameter."""
+    filters: dict[str, Any] = {}
+    for key in ("state", "severity", "satellite_id", "entity", "rule"):
+        value = query.get(key)
+        if value:
+            filters[key] = value
+    if filters.get("state") and filters["state"] not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}")
+    if filters.get("severity") and filters["severity"] not in SEVERITIES:
+        raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
+    ack = query.get("acknowledged")
+    if ack:
+        if ack.lower() not in ("true", "false", "1", "0"):
+            raise ValueError("acknowledged must be true or false")
+        filters["acknowledged"] = ack.lower() in ("true", "1")
+    raw_limit = query.get("limit") or str(DEFAULT_LIMIT)
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise ValueError("limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+    return filters, limit
+
+
+def _alert_id(request: web.Request) -> int | None:
+    try:
+        value = int(request.match_info["alert_id"])
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    try:
+        filters, limit = parse_filters(request.query)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    alerts = await request.app[STORE].list_alerts(filters, limit)
+    return web.json_response({"alerts": alerts})
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    alert_id = _alert_id(request)
+    if alert_id is None:
+        return _error(400, "alert id must be a positive integer")
+    alert = await request.app[STORE].get_alert(alert_id)
+    if alert is None:
+        return _error(404, f"no alert {alert_id}")
+    return web.json_response(alert)
+
+
+def parse_ack(body: Any) -> tuple[str, str]:
+    """(by, note) of an acknowledgement body; ValueError says what is wrong."""
+    if not isinstance(body, dict):
+        raise ValueError('body must be a JSON object: {"by": "...", "note": "..."}')
+    by, note = body.get("by"), body.get("note", "")
+    if not isinstance(by, str) or not by.strip() or len(by) > 200:
+        raise ValueError('"by" (who acknowledges) must be a non-empty string of at most 200 characters')
+    if not isinstance(note, str) or len(note) > 2000:
+        raise ValueError('"note" must be a string of at most 2000 characters')
+    return by.strip(), note
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    alert_id = _alert_id(request)
+    if alert_id is None:
+        return _error(400, "alert id must be a positive integer")
+    try:
+        by, note = parse_ack(await request.json())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, 'body must be JSON: {"by": "...", "note": "..."}')
+    except ValueError as exc:
+        return _error(400, str(exc))
+    alert = await request.app[STORE].acknowledge(alert_id, by, note)
+    if alert is None:
+        return _error(404, f"no alert {alert_id}")
+    await request.app[PUBLISH]([event_of_alert(alert, "acknowledged", f"acknowledged by {by}")])
+    return web.json_response(alert)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].list_alerts({}, 1)
+    except (psycopg.Error, OSError) as exc:
+        return web.json_response({"status": "degraded", "database": str(exc)[:200]}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+@web.middleware
+async def _db_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except (psycopg.OperationalError, OSError) as exc:
+        log.warning("%s %s: database unavailable: %r", request.method, request.path, exc)
+        return _error(503, "alert database unavailable")
+
+
+def make_app(store: AlertStore, publish: Callable[[list[AlertEvent]], Awaitable[None]]) -> web.Application:
+    app = web.Application(middlewares=[_db_errors])
+    app[STORE] = store
+    app[PUBLISH] = publish
+    app.router.add_get("/api/smap/alerts", list_alerts)
+    app.router.add_get("/api/smap/alerts/{alert_id}", get_alert)
+    app.router.add_post("/api/smap/alerts/{alert_id}/ack", acknowledge)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,199 @@
+"""The alert lifecycle, pure: one state machine per (rule, stream) -- per (rule, stream, sensor) for a
+sensor-scoped rule -- fed one InferenceResult at a time, returning the transitions it caused.
+
+    idle --first matching frame--> pending --condition met--> firing --resolve_after_frames clear--> idle
+                                      +-condition broken before firing--> resolved (never fired, no notice)
+
+A firing is notified (`Transition.notify`) only when the rule has channels and no notification for the same
+lifecycle went out within `cooldown_s` before (frame time): a long anomaly stays one firing alert with one
+notification, and a flapping one is not notified again until the cooldown has passed. Every decision uses
+frame timestamps, never the wall clock, so a replay decides exactly as the live run did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from smap_shared.alerting.rules import AlertRule, Consecutive, DetectionsInWindow, ScoreAbove
+from smap_shared.schemas import SENSOR_KEY, AlertState, InferenceResult, SensorContribution
+
+Phase = Literal["idle", "pending", "firing"]
+LifecycleKey = tuple[str, str]  # (rule name, lifecycle stream key)
+
+
+def stream_key(stream_id: str, sensor: str | None) -> str:
+    """The lifecycle's stream: the stream id, plus `#sensor_<i>` for a sensor-scoped rule."""
+    return stream_id if sensor is None else f"{stream_id}#{sensor}"
+
+
+def _ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class LifecycleState:
+    phase: Phase = "idle"
+    streak: int = 0  # consecutive matching frames (pending/firing)
+    clear: int = 0  # consecutive clear frames while firing
+    since: datetime | None = None  # first matching frame of the current alert
+    hits: tuple[datetime, ...] = ()  # detections_in_window: times of the latest matching frames
+    last_index: int | None = None  # the last frame applied (a repeat of it is ignored)
+    last_notified_at: datetime | None = None  # the last firing notified (cooldown)
+    notified: bool = False  # the current alert's firing was notified
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase, "streak": self.streak, "clear": self.clear,
+            "since": None if self.since is None else self.since.isoformat(),
+            "hits": [h.isoformat() for h in self.hits], "last_index": self.last_index,
+            "last_notified_at": None if self.last_notified_at is None else self.last_notified_at.isoformat(),
+            "notified": self.notified,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LifecycleState:
+        return cls(
+            phase=d["phase"], streak=int(d["streak"]), clear=int(d["clear"]), since=_ts(d["since"]),
+            hits=tuple(datetime.fromisoformat(h) for h in d["hits"]), last_index=d["last_index"],
+            last_notified_at=_ts(d["last_notified_at"]), notified=bool(d["notified"]),
+        )
+
+
+@dataclass(frozen=True)
+class Transition:
+    rule: AlertRule
+    key: LifecycleKey
+    stream_id: str
+    satellite_id: str
+    entity: str
+    sensor: str | None
+    from_state: AlertState | None  # None: the alert opens
+    to_state: AlertState
+    at: datetime  # the frame's timestamp
+    index: int  # the frame's index
+    score: float  # anomaly_score of the frame
+    started_at: datetime
+    top_sensors: tuple[SensorContribution, ...] = ()
+    notify: bool = False
+    message: str = ""
+    fired: bool = field(default=False)  # for a resolution: whether the alert had fired
+
+
+def top_sensors(result: InferenceResult, n: int) -> tuple[SensorContribution, ...]:
+    """The n sensors with the largest reconstruction error (ties: lower sensor index first)."""
+
+    def order(item: tuple[str, float]) -> tuple[float, int]:
+        m = SENSOR_KEY.match(item[0])
+        return (-item[1], int(m.group(1)) if m else 1 << 30)
+
+    ranked = sorted(result.sensor_error.items(), key=order)[:n]
+    return tuple(SensorContribution(id=k, error=v) for k, v in ranked)
+
+
+def _hit(rule: AlertRule, result: InferenceResult, sensor: str | None) -> bool:
+    cond = rule.condition
+    if isinstance(cond, ScoreAbove):
+        value = result.anomaly_score if sensor is None else result.sensor_error[sensor]
+        return value > cond.threshold
+    return result.anomaly_detected
+
+
+def _met(rule: AlertRule, st: LifecycleState, at: datetime) -> bool:
+    cond = rule.condition
+    if isinstance(cond, Consecutive):
+        return st.streak >= cond.frames
+    if isinstance(cond, ScoreAbove):
+        return st.since is not None and (at - st.since).total_seconds() >= cond.duration_s
+    assert isinstance(cond, DetectionsInWindow)
+    return len(st.hits) >= cond.count
+
+
+def step(
+    rule: AlertRule, st: LifecycleState, result: InferenceResult, sensor: str | None
+) -> tuple[LifecycleState, list[Transition]]:
+    """One frame through one lifecycle: the new state and the transitions (0, 1 or 2: pending + firing)."""
+    if result.duplicate or st.last_index == result.index:
+        return st, []  # a redelivered frame: already applied
+    at = result.timestamp
+    hit = _hit(rule, result, sensor)
+    cond = rule.condition
+    if isinstance(cond, DetectionsInWindow):
+        horizon = at - timedelta(seconds=cond.window_s)
+        hits = tuple(h for h in st.hits if h >= horizon) + ((at,) if hit else ())
+        st = replace(st, hits=hits[-cond.count :])
+    st = replace(st, last_index=result.index)
+    out: list[Transition] = []
+
+    def emit(frm: AlertState | None, to: AlertState, *, notify: bool = False, message: str = "",
+             fired: bool = False) -> None:
+        assert st.since is not None
+        out.append(Transition(
+            rule=rule, key=(rule.name, stream_key(result.stream_id, sensor)), stream_id=result.stream_id,
+            satellite_id=result.satellite_id, entity=result.entity, sensor=sensor, from_state=frm,
+            to_state=to, at=at, index=result.index, score=result.anomaly_score, started_at=st.since,
+            top_sensors=top_sensors(result, rule.top_sensors), notify=notify, message=message, fired=fired,
+        ))
+
+    if st.phase == "idle":
+        if not hit:
+            return st, out
+        st = replace(st, phase="pending", streak=1, clear=0, since=at, notified=False)
+        emit(None, "pending", message=f"condition {cond.kind} started")
+    elif st.phase == "pending":
+        still = bool(st.hits) if isinstance(cond, DetectionsInWindow) else hit
+        if not still:
+            emit("pending", "resolved", message="condition cleared before firing")
+            return replace(st, phase="idle", streak=0, clear=0, since=None), out
+        st = replace(st, streak=st.streak + 1 if hit else st.streak)
+    else:  # firing
+        st = replace(st, streak=st.streak + 1 if hit else 0, clear=0 if hit else st.clear + 1)
+        if st.clear >= rule.resolve_after_frames:
+            notify = rule.notify_resolved and st.notified and bool(rule.channels)
+            emit("firing", "resolved", notify=notify, fired=True,
+                 message=f"clear for {st.clear} frames")
+            return replace(st, phase="idle", streak=0, clear=0, since=None, notified=False), out
+        return st, out
+    if st.phase == "pending" and _met(rule, st, at):
+        cooling = st.last_notified_at is not None and (
+            (at - st.last_notified_at).total_seconds() < rule.cooldown_s)
+        notify = bool(rule.channels) and not cooling
+        if notify:
+            message = "notified: " + ", ".join(rule.channels)
+        elif not rule.channels:
+            message = "no notification channels"
+        else:
+            assert st.last_notified_at is not None
+            until = st.last_notified_at + timedelta(seconds=rule.cooldown_s)
+            message = f"notification suppressed: cooldown until {until.isoformat()}"
+        st = replace(st, phase="firing", clear=0, notified=notify,
+                     last_notified_at=at if notify else st.last_notified_at)
+        emit("pending", "firing", notify=notify, message=message)
+    return st, out
+
+
+class Engine:
+    """Every enabled rule over every result; the states (rule, stream key) -> LifecycleState are the
+    caller's (persisted with the transitions); missing keys start idle."""
+
+    def __init__(self, rules: Sequence[AlertRule]) -> None:
+        self.rules = [r for r in rules if r.enabled]
+
+    def evaluate(
+        self, result: InferenceResult, states: MutableMapping[LifecycleKey, LifecycleState]
+    ) -> list[Transition]:
+        out: list[Transition] = []
+        sensors = list(result.sensor_error)
+        for rule in self.rules:
+            if not rule.matches(result.satellite_id, result.entity):
+                continue
+            for sensor in rule.sensors_of(sensors):
+                key = (rule.name, stream_key(result.stream_id, sensor))
+                before = states.get(key, LifecycleState())
+                after, transitions = step(rule, before, result, sensor)
+                if after != before:
+                    states[key] = after
+                out.extend(transitions)
+        return out

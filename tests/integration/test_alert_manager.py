@@ -1,0 +1,167 @@
+"""smap-alert-manager on the real broker (Tansu) and the real PostgreSQL, with results produced directly to
+the results topic: exactly-once notification across a SIGKILL, a dead webhook that recovers while the
+stream keeps flowing, the history API, and rules rejected at start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from alert_harness import (
+    AlertManager,
+    WebhookReceiver,
+    alert_env,
+    make_result,
+    query,
+    smtp_server,
+    tansu,
+    throwaway_database,
+    wait_until,
+)
+from kafka_io import produce, read_topic
+
+from smap_shared.infra.chain import REPO_ROOT
+from smap_shared.schemas import AlertEvent
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "smap-inference-results"
+
+
+@dataclass
+class Rig:
+    bootstrap: str
+    db: str
+    hook: WebhookReceiver
+    mails: list[EmailMessage]
+    manager: AlertManager
+    logs: Path
+
+    def produce(self, records: list[tuple[str, str, int, bool]]) -> None:
+        asyncio.run(produce(self.bootstrap, TOPIC, [
+            (f"{s}/{e}".encode(), make_result(s, e, i, d)) for s, e, i, d in records]))
+
+    def stored_offsets(self) -> int:
+        return sum(o for (o,) in query(self.db, "SELECT next_offset FROM consumer_offsets"))
+
+    def outbox(self, channel: str) -> list[tuple[str, int]]:
+        return query(self.db, "SELECT status, attempts FROM notification_outbox WHERE channel = %s ORDER BY id",
+                     (channel,))
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with throwaway_database() as db, tansu(tmp_path) as bootstrap, WebhookReceiver(status=500).running() as hook, \
+            smtp_server() as (smtp_port, mails):
+        manager = AlertManager(alert_env(bootstrap, db, hook, smtp_port), tmp_path)
+        try:
+            yield Rig(bootstrap, db, hook, mails, manager, tmp_path)
+        finally:
+            manager.stop()
+
+
+def anomaly(entity: str, start: int, n: int, hot: range) -> list[tuple[str, str, int, bool]]:
+    return [("SAT-001", entity, i, i in hot) for i in range(start, start + n)]
+
+
+def test_sigkill_between_firing_and_delivery_delivers_exactly_once(rig: Rig) -> None:
+    rig.manager.start()
+    rig.produce(anomaly("A-1", 0, 10, range(2, 8)))  # fires at index 4
+    # the webhook answers 500: the firing is recorded, its Slack notification waits in the outbox
+    wait_until(lambda: rig.outbox("slack") and rig.outbox("slack")[0][1] >= 2, 60, "failed webhook attempts",
+               rig.logs)
+    wait_until(lambda: len(rig.mails) == 1, 30, "the email", rig.logs)
+    assert rig.outbox("slack")[0][0] == "pending" and rig.hook.delivered() == []
+    rig.manager.kill()  # SIGKILL: between firing and delivery
+    rig.hook.status = 200
+    rig.produce(anomaly("A-1", 10, 10, range(0)))  # resolves the alert after the restart
+    rig.manager.start()
+    wait_until(lambda: rig.outbox("slack")[0][0] == "delivered" and rig.stored_offsets() == 20, 60,
+               "delivery after the restart", rig.logs)
+    wait_until(lambda: query(rig.db, "SELECT state FROM alerts") == [("resolved",)], 30, "the resolution")
+    # the restarted process started from the offsets stored in PostgreSQL: it read the 10 new results only
+    assert rig.manager.metric('smap_alert_results_total{outcome="applied"}') == 10
+    # exactly one notification per channel, and nothing was applied twice
+    assert len(rig.hook.delivered()) == 1
+    assert len(rig.mails) == 1
+    body = rig.hook.delivered()[0]
+    assert body["alert_id"] == 1 and "firing on SAT-001/A-1" in body["text"]
+    assert rig.hook.posts[-1][2] == body["notification_id"]  # the X-SMAP-Notification-Id header
+    mail_id = rig.mails[0]["Message-ID"]
+    ids = dict(query(rig.db, "SELECT channel, notification_id::text FROM notification_outbox"))
+    assert mail_id == f"<{ids['email']}@smap-alert-manager>" and body["notification_id"] == ids["slack"]
+    assert query(rig.db, "SELECT count(*) FROM alerts") == [(1,)]
+    transitions = query(rig.db, "SELECT from_state, to_state, frame_index FROM alert_transitions ORDER BY id")
+    assert transitions == [(None, "pending", 2), ("pending", "firing", 4), ("firing", "resolved", 12)]
+    log = query(rig.db, "SELECT ok FROM delivery_log WHERE channel = 'slack' ORDER BY id")
+    assert log[-1] == (True,) and all(not ok for (ok,) in log[:-1]) and len(log) >= 3
+    assert rig.manager.stop() == 0  # SIGTERM: a clean exit
+
+
+def test_dead_webhook_is_retried_until_it_recovers_while_the_stream_flows(rig: Rig) -> None:
+    rig.manager.start()
+    rig.produce(anomaly("A-1", 0, 8, range(0, 8)))
+    wait_until(lambda: rig.outbox("slack") and rig.outbox("slack")[0][1] >= 2, 60, "failed attempts", rig.logs)
+    before = rig.stored_offsets()
+    # meanwhile 300 more results of other streams are consumed and recorded, with a second alert
+    rig.produce([("SAT-002", "D-1", i, 5 <= i < 300) for i in range(300)])
+    wait_until(lambda: rig.stored_offsets() == before + 300, 60, "the stream to be consumed", rig.logs)
+    assert rig.outbox("slack")[0][0] == "pending" and rig.hook.delivered() == []
+    assert query(rig.db, "SELECT count(*) FROM alerts WHERE state = 'firing'") == [(2,)]
+    rig.hook.status = 200
+    wait_until(lambda: [s for s, _ in rig.outbox("slack")] == ["delivered", "delivered"], 30, "recovery")
+    assert sorted(b["alert_id"] for b in rig.hook.delivered()) == [1, 2]
+    failed = [p for p in rig.hook.posts if p[0] == 500]
+    assert len(failed) >= 2 and {p[2] for p in failed} <= {p[2] for p in rig.hook.posts if p[0] == 200}
+
+    # the history API: filters, one alert with its transitions and deliveries, acknowledgement
+    status, listing = rig.manager.get("/api/smap/alerts?state=firing&satellite_id=SAT-002")
+    assert status == 200 and [a["entity"] for a in listing["alerts"]] == ["D-1"]
+    d1 = listing["alerts"][0]
+    assert d1["severity"] == "critical" and d1["rule"] == "anomaly-3-frames" and d1["stream_id"] == "SAT-002/D-1"
+    assert [s["id"] for s in d1["top_sensors"]] == ["sensor_2", "sensor_1", "sensor_0"]
+    assert d1["score_at_firing"] == pytest.approx((2.1 + 2.3 + 2.5) / 3)
+    status, one = rig.manager.get(f"/api/smap/alerts/{d1['id']}")
+    assert status == 200 and [(t["from"], t["to"]) for t in one["transitions"]] == [
+        (None, "pending"), ("pending", "firing")]
+    assert [(d["channel"], d["status"]) for d in one["deliveries"]] == [
+        ("slack", "delivered"), ("email", "delivered")]
+    status, acked = rig.manager.post(f"/api/smap/alerts/{d1['id']}/ack", {"by": "operator", "note": "looking"})
+    assert status == 200 and acked["acknowledged_by"] == "operator" and acked["acknowledged_at"]
+    assert acked["acknowledgements"][0]["note"] == "looking"
+    assert [a["id"] for a in rig.manager.get("/api/smap/alerts?acknowledged=true")[1]["alerts"]] == [d1["id"]]
+    assert [a["entity"] for a in rig.manager.get("/api/smap/alerts?acknowledged=false")[1]["alerts"]] == ["A-1"]
+    assert len(rig.manager.get("/api/smap/alerts?limit=1")[1]["alerts"]) == 1
+    assert rig.manager.get("/api/smap/alerts?severity=info")[1]["alerts"] == []
+    assert rig.manager.get("/api/smap/alerts/999")[0] == 404
+    assert rig.manager.get("/api/smap/alerts/abc")[0] == 400
+    assert rig.manager.get("/api/smap/alerts?state=burning")[0] == 400
+    assert rig.manager.get("/api/smap/alerts?limit=0")[0] == 400
+    assert rig.manager.post(f"/api/smap/alerts/{d1['id']}/ack", {"note": "who?"})[0] == 400
+    assert rig.manager.post("/api/smap/alerts/999/ack", {"by": "x"})[0] == 404
+
+    # every transition and the acknowledgement went out on the alerts topic, keyed by stream
+    raw = asyncio.run(read_topic(rig.bootstrap, "smap-alerts", 5, 30))
+    events = [AlertEvent.model_validate_json(r) for r in raw]
+    assert sorted((e.entity, e.event) for e in events) == [
+        ("A-1", "firing"), ("A-1", "pending"), ("D-1", "acknowledged"), ("D-1", "firing"), ("D-1", "pending")]
+    ack_event = next(e for e in events if e.event == "acknowledged")
+    assert ack_event.acknowledged and ack_event.alert_id == d1["id"] and ack_event.state == "firing"
+
+
+def test_invalid_rules_stop_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "rules.toml"
+    bad.write_text("[[rule]]\nname = 'r'\nseverity = 'urgent'\n"
+                   "[rule.condition]\nkind = 'consecutive'\nframes = 3\n")
+    env = {**os.environ, "ALERT_RULES_FILE": str(bad)}
+    proc = subprocess.run([sys.executable, "smap-alert-manager/main.py"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert f"alert rules {bad} rejected" in proc.stderr and "rule #1 ('r').severity" in proc.stderr

@@ -1,0 +1,72 @@
+"""Rendering of notifications, the outbox backoff, and the API's parameter checks (no services needed)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from multidict import MultiDict
+from test_engine import result, rule
+
+from smap_shared.alerting.api import MAX_LIMIT, parse_ack, parse_filters
+from smap_shared.alerting.engine import Engine, Transition
+from smap_shared.alerting.notifiers import Renderer
+from smap_shared.alerting.outbox import backoff_s
+from smap_shared.settings import AlertManagerSettings
+
+
+def firing(**kw: Any) -> Transition:
+    engine, states = Engine([rule(channels=["slack", "email"], **kw)]), {}  # type: ignore[var-annotated]
+    frames = [result(i, True, score=0.42, errors=[0.1, 0.9, 0.5]) for i in range(3)]
+    out = [t for f in frames for t in engine.evaluate(f, states)]
+    assert out[-1].to_state == "firing"
+    return out[-1]
+
+
+def settings(**kw: Any) -> AlertManagerSettings:
+    base = {"slack_webhook_url": "http://hook.example/x", "smtp_host": "mail.example",
+            "alert_email_to": "a@example.org, b@example.org"}
+    return AlertManagerSettings.model_validate({**base, **kw})
+
+
+def test_both_channels_render_the_alert_with_its_top_sensors_and_a_stable_id() -> None:
+    nid = uuid.uuid4()
+    out = dict(Renderer(settings()).render(firing(), 7, nid))
+    slack, email = out["slack"], out["email"]
+    assert "SAT-001/A-1" in slack["text"] and "alert #7" in slack["text"] and "CRITICAL" in slack["text"]
+    section = slack["blocks"][1]["text"]["text"]
+    assert "sensor_1=0.9, sensor_2=0.5, sensor_0=0.1" in section and "0.42" in section
+    assert slack["notification_id"] == str(uuid.uuid5(nid, "slack")) and slack["alert_id"] == 7
+    assert email["to"] == ["a@example.org", "b@example.org"]
+    assert email["notification_id"] == str(uuid.uuid5(nid, "email")) != slack["notification_id"]
+    assert "sensor_1=0.9" in email["body"] and email["subject"].startswith("SMAP alert: [CRITICAL]")
+
+
+def test_unconfigured_channels_are_skipped() -> None:
+    assert [c for c, _ in Renderer(settings(smtp_host="")).render(firing(), 1, uuid.uuid4())] == ["slack"]
+    assert [c for c, _ in Renderer(settings(alert_email_to="")).render(firing(), 1, uuid.uuid4())] == ["slack"]
+    assert Renderer(settings(slack_webhook_url="", smtp_host="")).render(firing(), 1, uuid.uuid4()) == []
+    assert Renderer(settings()).configured() == {"slack", "email"}
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [backoff_s(a, 1.0, 10.0) for a in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_list_filters_are_checked() -> None:
+    filters, limit = parse_filters(MultiDict({"state": "firing", "entity": "A-1", "acknowledged": "false"}))
+    assert filters == {"state": "firing", "entity": "A-1", "acknowledged": False} and limit == 100
+    for bad in ({"state": "on"}, {"severity": "huge"}, {"acknowledged": "maybe"}, {"limit": "x"},
+                {"limit": "0"}, {"limit": str(MAX_LIMIT + 1)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            parse_filters(MultiDict(bad))
+
+
+def test_acknowledgement_body_is_checked() -> None:
+    assert parse_ack({"by": " ops ", "note": "n"}) == ("ops", "n")
+    assert parse_ack({"by": "ops"}) == ("ops", "")
+    bad: object
+    for bad in ([], {"note": "x"}, {"by": ""}, {"by": 3}, {"by": "x", "note": 5}, {"by": "x" * 201}):
+        with pytest.raises(ValueError):
+            parse_ack(bad)
