@@ -1,0 +1,409 @@
+// SMAP operations dashboard: satellite -> entity -> sensor. History from the REST API, then live from the
+// WebSocket (/ws/smap). Charts: uPlot (installed by npm into node_modules, served under /vendor/uplot/).
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const WINDOWS = { "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400 };
+  const state = {
+    fleet: [], sat: null, entity: null, sensor: "sensor_0", windowS: 3600,
+    overview: null, sensorData: null, bars: null, liveCount: 0, liveTotal: 0,
+    alerts: new Map(), ws: null, wsOpened: false, dirty: false,
+  };
+  window.smapDashboard = state; // for the browser test and for poking around in the console
+
+  async function getJSON(url, opts) {
+    const resp = await fetch(url, opts);
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) throw Object.assign(new Error(body.error || resp.statusText), { status: resp.status });
+    return body;
+  }
+
+  // ------------------------------------------------------------------ charts
+  const isOn = (v) => v === 1 || v === true;
+
+  function spans(xs, flags) {
+    const out = [];
+    let start = null;
+    for (let i = 0; i < xs.length; i++) {
+      if (isOn(flags[i]) && start === null) start = i;
+      if (!isOn(flags[i]) && start !== null) { out.push([xs[start], xs[i - 1]]); start = null; }
+    }
+    if (start !== null) out.push([xs[start], xs[xs.length - 1]]);
+    return out;
+  }
+
+  // Shade time spans under the series: full height (detections) or a strip at the bottom (ground truth).
+  function shading(getBands) {
+    return { hooks: { drawClear: [(u) => {
+      const bands = getBands();
+      const { top, height } = u.bbox;
+      u.ctx.save();
+      for (const band of bands) {
+        u.ctx.fillStyle = band.color;
+        const h = band.strip ? Math.max(6, height * 0.07) : height;
+        const y = band.strip ? top + height - h : top;
+        for (const [a, b] of band.spans) {
+          const x0 = u.valToPos(a, "x", true);
+          const x1 = Math.max(u.valToPos(b, "x", true), x0 + 2);
+          u.ctx.fillRect(x0, y, x1 - x0, h);
+        }
+      }
+      u.ctx.restore();
+    }] } };
+  }
+
+  const DETECTED = "rgba(214, 39, 40, 0.22)";
+  const TRUTH = "#ff9f1c";
+  function overviewBands(withTruth) {
+    const o = state.overview;
+    if (!o) return [];
+    const bands = [{ color: DETECTED, spans: spans(o.timestamps, o.detected) }];
+    if (withTruth && o.ground_truth) bands.push({ color: TRUTH, strip: true, spans: spans(o.timestamps, o.ground_truth) });
+    return bands;
+  }
+  function sensorBands() {
+    const s = state.sensorData;
+    const bands = overviewBands(false);
+    if (s && s.ground_truth) bands.push({ color: TRUTH, strip: true, spans: spans(s.timestamps, s.ground_truth) });
+    return bands;
+  }
+
+  const width = (el) => Math.max(300, el.clientWidth - 4);
+  function timeChart(id, series, bands, height = 170) {
+    const el = $(id);
+    const opts = {
+      width: width(el), height, series: [{}, ...series], plugins: [shading(bands)],
+      scales: { x: { time: true } }, legend: { live: true }, cursor: { drag: { x: true, y: false } },
+      axes: [{}, { size: 60 }],
+    };
+    return new uPlot(opts, [[], ...series.map(() => [])], el);
+  }
+
+  const charts = {};
+  function makeCharts() {
+    charts.score = timeChart("score-chart", [
+      { label: "anomaly score", stroke: "#1f77b4", width: 1.5, spanGaps: true },
+    ], () => overviewBands(true));
+    charts.signal = timeChart("signal-chart", [
+      { label: "detector signal", stroke: "#9467bd", width: 1.5, spanGaps: true },
+      { label: "threshold", stroke: "#d62728", dash: [6, 4], width: 1.5, spanGaps: true },
+    ], () => overviewBands(false), 150);
+    charts.sensor = timeChart("sensor-chart", [
+      { label: "actual", stroke: "#1f77b4", width: 1.5, spanGaps: true },
+      { label: "reconstruction", stroke: "#ff7f0e", dash: [5, 3], width: 1.5, spanGaps: true },
+    ], sensorBands);
+    charts.error = timeChart("error-chart", [
+      { label: "reconstruction error", stroke: "#d62728", width: 1.5, spanGaps: true },
+    ], sensorBands, 140);
+    const barsEl = $("bars-chart");
+    charts.bars = new uPlot({
+      width: width(barsEl), height: 170,
+      scales: { x: { time: false, range: (u, min, max) => [min - 0.6, max + 0.6] },
+        y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } }, // bars start at zero
+      series: [{ label: "sensor", value: (u, v) => (v == null ? "" : `sensor_${v}`) },
+        { label: "error", fill: "rgba(214, 39, 40, 0.6)", stroke: "#d62728",
+          paths: uPlot.paths.bars({ size: [0.7, 40] }), points: { show: false } }],
+      axes: [{ values: (u, vals) => vals.map((v) => (Number.isInteger(v) ? String(v) : "")) }, { size: 60 }],
+      legend: { live: true },
+    }, [[], []], barsEl);
+    charts.bars.over.addEventListener("click", () => {
+      const idx = charts.bars.cursor.idx;
+      if (idx != null) selectSensor(`sensor_${charts.bars.data[0][idx]}`);
+    });
+    window.addEventListener("resize", () => {
+      for (const [name, c] of Object.entries(charts)) c.setSize({ width: width($(`${name}-chart`)), height: c.height });
+    });
+  }
+
+  function setPoints(id, n) { $(id).dataset.points = String(n); }
+
+  function render() {
+    state.dirty = false;
+    const o = state.overview;
+    if (o) {
+      charts.score.setData([o.timestamps, o.anomaly_score]);
+      charts.signal.setData([o.timestamps, o.detector_signal, o.threshold_series]);
+      setPoints("score-chart", o.anomaly_score.filter((v) => v != null).length);
+      setPoints("signal-chart", o.detector_signal.filter((v) => v != null).length);
+      $("signal-missing").hidden = o.detector_signal.some((v) => v != null);
+      renderHits(o);
+    }
+    const s = state.sensorData;
+    if (s) {
+      charts.sensor.setData([s.timestamps, s.actual, s.reconstruction]);
+      charts.error.setData([s.timestamps, s.error]);
+      setPoints("sensor-chart", s.actual.filter((v) => v != null).length);
+      setPoints("error-chart", s.error.filter((v) => v != null).length);
+    }
+    const b = state.bars;
+    if (b) {
+      const rows = b.sensors.filter((r) => r.error != null);
+      charts.bars.setData([rows.map((r) => Number(r.id.split("_")[1])), rows.map((r) => r.error)]);
+      setPoints("bars-chart", rows.length);
+      $("bars-time").textContent = b.timestamp ? `(${new Date(b.timestamp * 1000).toLocaleTimeString()})` : "";
+    }
+  }
+  function scheduleRender() {
+    if (!state.dirty) { state.dirty = true; requestAnimationFrame(render); }
+  }
+
+  // Hits and misses against the simulator's labels, point by point over the window.
+  function renderHits(o) {
+    if (!o.ground_truth || !o.ground_truth.some((v) => v != null)) { $("hits").textContent = ""; return; }
+    let labelled = 0, hits = 0, falseAlarms = 0;
+    o.ground_truth.forEach((g, i) => {
+      const d = o.detected[i];
+      if (g == null || d == null) return;
+      if (g) { labelled += 1; if (d) hits += 1; } else if (d) falseAlarms += 1;
+    });
+    $("hits").textContent = `labelled points: ${hits} of ${labelled} detected (${labelled - hits} missed); ` +
+      `false alarms: ${falseAlarms}`;
+  }
+
+  function setState(stateName) {
+    const badge = $("state");
+    badge.className = `badge ${stateName}`;
+    badge.textContent = stateName;
+  }
+
+  // ------------------------------------------------------------------ history
+  async function loadOverview() {
+    const entity = state.entity;
+    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/overview?window=${$("window").value}`);
+    if (entity !== state.entity) return;
+    state.overview = body;
+    $("overview-title").textContent = `${body.satellite_id} / ${entity}, threshold ${fmt(body.threshold)}`;
+    setState(body.current.state);
+    scheduleRender();
+  }
+  async function loadSensor() {
+    const { entity, sensor } = state;
+    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensor/${sensor}?window=${$("window").value}`);
+    if (entity !== state.entity || sensor !== state.sensor) return;
+    state.sensorData = body;
+    $("sensor-title").textContent = `${entity} / ${sensor}`;
+    scheduleRender();
+  }
+  async function loadBars() {
+    const entity = state.entity;
+    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensors`);
+    if (entity === state.entity) { state.bars = body; scheduleRender(); }
+  }
+  const fmt = (v) => (v == null ? "n/a" : Number(v).toPrecision(4));
+
+  async function loadEntity() {
+    const sensors = $("sensor");
+    sensors.innerHTML = "";
+    state.overview = state.sensorData = state.bars = null;
+    const snapshot = getJSON(`/api/smap/entity/${encodeURIComponent(state.entity)}/sensors`);
+    await Promise.all([loadOverview(), snapshot.then((b) => {
+      for (const row of b.sensors) sensors.add(new Option(row.id, row.id));
+      if (!b.sensors.some((r) => r.id === state.sensor)) state.sensor = "sensor_0";
+      sensors.value = state.sensor;
+      state.bars = b;
+    })]);
+    await loadSensor();
+  }
+
+  async function loadFleet() {
+    state.fleet = await getJSON("/api/smap/satellites");
+    const sats = $("satellite");
+    if (!sats.options.length) for (const s of state.fleet) sats.add(new Option(`${s.id} ${s.name ? "- " + s.name : ""}`, s.id));
+    renderEntityOptions();
+  }
+  function renderEntityOptions() {
+    const sat = state.fleet.find((s) => s.id === state.sat);
+    const sel = $("entity");
+    const keep = state.entity;
+    sel.innerHTML = "";
+    for (const e of sat ? sat.entities : []) {
+      const st = (sat.status && sat.status[e]) || { state: "unknown" };
+      sel.add(new Option(`${e} (${st.state})`, e));
+    }
+    if (keep && sat && sat.entities.includes(keep)) sel.value = keep;
+  }
+
+  // ------------------------------------------------------------------ live
+  function onResult(m) {
+    const sat = state.fleet.find((s) => s.id === m.satellite_id);
+    if (sat && sat.status) {
+      const before = sat.status[m.entity] && sat.status[m.entity].state;
+      sat.status[m.entity] = { state: m.anomaly_detected ? "anomaly" : "normal", anomaly_score: m.anomaly_score };
+      if (before !== sat.status[m.entity].state && m.satellite_id === state.sat) renderEntityOptions();
+    }
+    if (m.entity !== state.entity) return;
+    state.liveCount += 1;
+    $("live-count").textContent = String(state.liveCount);
+    const t = Date.parse(m.timestamp) / 1000;
+    setState(m.anomaly_detected ? "anomaly" : "normal");
+    const o = state.overview;
+    if (o && !(o.timestamps.length && t <= o.timestamps[o.timestamps.length - 1])) {
+      append(o, t, { anomaly_score: m.anomaly_score, detected: m.anomaly_detected ? 1 : 0,
+        detector_signal: m.detector_signal, threshold_series: m.threshold,
+        ...(o.ground_truth ? { ground_truth: m.ground_truth } : {}) });
+      o.threshold = m.threshold;
+    }
+    const row = m.sensors.find((r) => r.id === state.sensor);
+    const s = state.sensorData;
+    if (s && row && !(s.timestamps.length && t <= s.timestamps[s.timestamps.length - 1])) {
+      append(s, t, { actual: row.value, reconstruction: row.reconstruction, error: row.error,
+        ...(s.ground_truth ? { ground_truth: row.ground_truth ?? null } : {}) });
+    }
+    state.bars = { entity: m.entity, timestamp: t, sensors: m.sensors };
+    scheduleRender();
+  }
+
+  // Append one point to every column and slide the window.
+  function append(body, t, values) {
+    body.timestamps.push(t);
+    for (const [key, value] of Object.entries(values)) body[key].push(value ?? null);
+    const from = t - state.windowS;
+    let cut = 0;
+    while (cut < body.timestamps.length && body.timestamps[cut] < from) cut += 1;
+    if (cut) {
+      body.timestamps.splice(0, cut);
+      for (const key of Object.keys(values)) body[key].splice(0, cut);
+    }
+  }
+
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${proto}://${location.host}/ws/smap?satellite_id=${encodeURIComponent(state.sat)}`);
+    state.ws = ws;
+    ws.onopen = () => {
+      const live = $("live");
+      live.className = "live on";
+      live.textContent = "live";
+      if (state.wsOpened && state.entity) loadEntity().catch(showError); // fill what was missed
+      state.wsOpened = true;
+    };
+    ws.onclose = () => {
+      const live = $("live");
+      live.className = "live off";
+      live.textContent = "live: reconnecting";
+      setTimeout(connect, 2000);
+    };
+    ws.onmessage = (ev) => {
+      const m = JSON.parse(ev.data);
+      if (m.type === "smap_inference") { state.liveTotal += 1; onResult(m); }
+      else if (m.type === "smap_alert") onAlert(m);
+    };
+  }
+  function subscribe() {
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+      state.ws.send(JSON.stringify({ type: "subscribe", satellite_id: state.sat }));
+    }
+  }
+
+  // ------------------------------------------------------------------ alerts
+  async function loadAlerts() {
+    try {
+      const body = await getJSON(`/api/smap/alerts?satellite_id=${encodeURIComponent(state.sat)}&limit=50`);
+      state.alerts.clear();
+      for (const a of body.alerts || []) state.alerts.set(a.id, a);
+      $("alerts-status").textContent = "";
+    } catch (err) {
+      $("alerts-status").textContent = err.status === 503
+        ? "Alert manager unavailable: live alert events still show here."
+        : `Alerts unavailable (${err.message}).`;
+    }
+    renderAlerts();
+  }
+  function onAlert(ev) {
+    const a = state.alerts.get(ev.alert_id) || { id: ev.alert_id, score_at_firing: ev.score };
+    Object.assign(a, { rule: ev.rule, severity: ev.severity, state: ev.state, satellite_id: ev.satellite_id,
+      entity: ev.entity, sensor: ev.sensor, top_sensors: ev.top_sensors, started_at: ev.started_at });
+    if (ev.event === "firing") { a.fired_at = ev.at; a.score_at_firing = ev.score; }
+    if (ev.event === "resolved") a.resolved_at = ev.at;
+    if (ev.event === "acknowledged" || ev.acknowledged) a.acknowledged_at = a.acknowledged_at || ev.at;
+    state.alerts.set(ev.alert_id, a);
+    renderAlerts();
+  }
+  function renderAlerts() {
+    const list = $("alerts");
+    list.innerHTML = "";
+    const rows = [...state.alerts.values()].filter((a) => a.satellite_id === state.sat)
+      .sort((x, y) => y.id - x.id).slice(0, 50);
+    if (!rows.length) {
+      const li = document.createElement("li");
+      li.textContent = `No alerts for ${state.sat}.`;
+      list.appendChild(li);
+    }
+    for (const a of rows) {
+      const li = document.createElement("li");
+      li.className = `${a.severity || ""} ${a.state || ""}`;
+      const top = (a.top_sensors || []).slice(0, 3).map((s) => `${s.id} ${fmt(s.error)}`).join(", ");
+      const lines = [
+        `#${a.id} ${a.severity || ""} ${a.state || ""}: ${a.rule || ""}`,
+        `${a.entity || ""}${a.sensor ? " / " + a.sensor : ""}, score ${fmt(a.score_at_firing)}`,
+        top ? `top sensors: ${top}` : "",
+        a.acknowledged_at ? `acknowledged${a.acknowledged_by ? " by " + a.acknowledged_by : ""}` : "",
+      ];
+      for (const text of lines.filter(Boolean)) {
+        const div = document.createElement("div");
+        div.textContent = text;
+        li.appendChild(div);
+      }
+      if (!a.acknowledged_at && a.state !== "resolved") {
+        const btn = document.createElement("button");
+        btn.textContent = "Acknowledge";
+        btn.onclick = () => ack(a.id, btn);
+        li.appendChild(btn);
+      }
+      list.appendChild(li);
+    }
+  }
+  async function ack(id, btn) {
+    btn.disabled = true;
+    try {
+      await getJSON(`/api/smap/alerts/${id}/ack`, { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ by: "dashboard", note: "" }) });
+      await loadAlerts();
+    } catch (err) {
+      btn.disabled = false;
+      $("alerts-status").textContent = `Acknowledge failed: ${err.message}`;
+    }
+  }
+
+  // ------------------------------------------------------------------ selection
+  function showError(err) { console.error(err); $("overview-title").textContent = `error: ${err.message}`; }
+  async function selectSatellite(id) {
+    state.sat = id;
+    $("satellite").value = id;
+    renderEntityOptions();
+    subscribe();
+    renderAlerts();
+    loadAlerts();
+    await selectEntity($("entity").value);
+  }
+  async function selectEntity(entity) {
+    state.entity = entity;
+    $("entity").value = entity;
+    state.liveCount = 0;
+    $("live-count").textContent = "0";
+    await loadEntity();
+  }
+  async function selectSensor(sensor) {
+    state.sensor = sensor;
+    $("sensor").value = sensor;
+    state.sensorData = null;
+    await loadSensor();
+  }
+
+  async function main() {
+    const asked = new URLSearchParams(location.search).get("window"); // e.g. /?window=24h
+    if (asked in WINDOWS) { $("window").value = asked; state.windowS = WINDOWS[asked]; }
+    makeCharts();
+    $("satellite").onchange = (e) => selectSatellite(e.target.value).catch(showError);
+    $("entity").onchange = (e) => selectEntity(e.target.value).catch(showError);
+    $("sensor").onchange = (e) => selectSensor(e.target.value).catch(showError);
+    $("window").onchange = (e) => { state.windowS = WINDOWS[e.target.value]; loadEntity().catch(showError); };
+    await loadFleet();
+    state.sat = state.fleet[0].id;
+    connect();
+    await selectSatellite(state.sat);
+    setInterval(() => loadFleet().catch(() => {}), 30000);
+    setInterval(() => loadAlerts(), 30000);
+  }
+  main().catch(showError);
+})();

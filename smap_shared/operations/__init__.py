@@ -1,0 +1,1 @@
+"""The operation server: REST API over VictoriaMetrics, WebSocket live stream, the dashboard page."""

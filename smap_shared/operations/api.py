@@ -1,0 +1,273 @@
+"""REST API of the operation server: the fleet, an entity's overview and one sensor's history, read from
+VictoriaMetrics with range queries; the alert manager's API proxied under the same origin.
+
+Each point of a series aggregates the samples of (t - step, t]: the maximum for scores, flags and errors
+(so a short anomaly stays visible at a coarse step), the last value for sensor values, reconstructions
+and the threshold. With step equal to the data's cadence that is exactly the stored sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from smap_shared.fleet import Fleet, FleetError
+from smap_shared.operations.params import TimeRange, parse_lookback, parse_range, parse_time
+from smap_shared.operations.vm import Series, VictoriaClient, VictoriaUnavailableError, align, rollup
+from smap_shared.schemas import SENSOR_KEY
+
+log = logging.getLogger(__name__)
+
+SCORE, DETECTED, THRESHOLD = "smap_anomaly_score", "smap_anomaly_detected", "smap_anomaly_threshold"
+SIGNAL, GROUND_TRUTH = "smap_detector_signal", "smap_ground_truth_anomaly"
+VALUE, RECON, ERROR, SENSOR_GT = ("smap_sensor_value", "smap_sensor_reconstruction", "smap_sensor_error",
+                                  "smap_sensor_ground_truth")
+
+
+class NotFoundError(LookupError):
+    """An unknown satellite, entity or sensor (404)."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What exists: the fleet and the sensor count of every fleet entity."""
+
+    fleet: Fleet
+    widths: Mapping[str, int]
+
+    def satellite_of(self, entity: str) -> str:
+        try:
+            return self.fleet.satellite_of(entity)
+        except FleetError:
+            known = ", ".join(self.fleet.fleet_entities())
+            raise NotFoundError(f"unknown entity {entity!r}; known: {known}") from None
+
+    def check_sensor(self, entity: str, sensor: str) -> None:
+        m = SENSOR_KEY.match(sensor)
+        width = self.widths[entity]
+        if not m or int(m.group(1)) >= width:
+            raise NotFoundError(f"unknown sensor {sensor!r} of {entity}; known: sensor_0..sensor_{width - 1}")
+
+    def sensors(self, entity: str) -> list[str]:
+        return [f"sensor_{i}" for i in range(self.widths[entity])]
+
+
+def _by_name(series: list[Series]) -> dict[str, Series]:
+    return {s.name: s for s in series}
+
+
+def _ints(values: list[float | None]) -> list[int | None]:
+    return [None if v is None else int(v) for v in values]
+
+
+def _latest(values: list[float | None]) -> float | None:
+    return next((v for v in reversed(values) if v is not None), None)
+
+
+def _range_fields(tr: TimeRange) -> dict[str, float]:
+    return {"start": tr.start, "end": tr.end, "step": tr.step}
+
+
+# ---------------------------------------------------------------- pure shaping (unit-tested)
+
+
+def overview_body(satellite_id: str, entity: str, tr: TimeRange, series: list[Series]) -> dict[str, Any]:
+    named = _by_name(series)
+    stamps, cols = align({k: named.get(k) for k in (SCORE, DETECTED, THRESHOLD, SIGNAL, GROUND_TRUTH)})
+    detected = _ints(cols[DETECTED])
+    current: dict[str, Any] = {"state": "unknown", "timestamp": None, "anomaly_score": None}
+    for i in range(len(stamps) - 1, -1, -1):
+        if cols[SCORE][i] is not None:
+            state = "unknown" if detected[i] is None else ("anomaly" if detected[i] else "normal")
+            current = {"state": state, "timestamp": stamps[i], "anomaly_score": cols[SCORE][i]}
+            break
+    return {
+        "satellite_id": satellite_id, "entity": entity, **_range_fields(tr),
+        "timestamps": stamps,
+        "anomaly_score": cols[SCORE],
+        "detected": detected,
+        "detector_signal": cols[SIGNAL],
+        "threshold": _latest(cols[THRESHOLD]),
+        "threshold_series": cols[THRESHOLD],
+        "ground_truth": _ints(cols[GROUND_TRUTH]) if GROUND_TRUTH in named else None,
+        "current": current,
+    }
+
+
+def sensor_body(
+    satellite_id: str, entity: str, sensor: str, tr: TimeRange, series: list[Series]
+) -> dict[str, Any]:
+    named = _by_name(series)
+    stamps, cols = align({k: named.get(k) for k in (VALUE, RECON, ERROR, SENSOR_GT)})
+    return {
+        "satellite_id": satellite_id, "entity": entity, "sensor": sensor, **_range_fields(tr),
+        "timestamps": stamps,
+        "actual": cols[VALUE],
+        "reconstruction": cols[RECON],
+        "error": cols[ERROR],
+        "ground_truth": _ints(cols[SENSOR_GT]) if SENSOR_GT in named else None,
+    }
+
+
+def snapshot_body(entity: str, sensors: list[str], at: float, series: list[Series]) -> dict[str, Any]:
+    """Latest value, reconstruction and error of every sensor (the per-sensor error bar chart)."""
+    latest: dict[tuple[str, str], float | None] = {}
+    stamp: float | None = None
+    for s in series:
+        if s.name == SCORE:  # tlast_over_time keeps the name: the latest frame's time
+            stamp = s.values[0] if s.values else None
+            continue
+        latest[(s.name, s.metric.get("sensor", ""))] = s.values[0] if s.values else None
+    rows = [
+        {"id": sid, "value": latest.get((VALUE, sid)), "reconstruction": latest.get((RECON, sid)),
+         "error": latest.get((ERROR, sid))}
+        for sid in sensors
+    ]
+    return {"entity": entity, "time": at, "timestamp": stamp, "sensors": rows}
+
+
+# ---------------------------------------------------------------- handlers
+
+
+CATALOG: web.AppKey[Catalog] = web.AppKey("catalog", Catalog)
+VICTORIA: web.AppKey[VictoriaClient] = web.AppKey("victoria", VictoriaClient)
+ALERTS_URL: web.AppKey[str] = web.AppKey("alerts_url", str)
+HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
+
+
+async def satellites(request: web.Request) -> web.Response:
+    """The fleet, with every entity's current state (unknown while VictoriaMetrics is unreachable)."""
+    catalog = request.app[CATALOG]
+    lookback = parse_lookback(request.query)
+    now = time.time()
+    window = max(1, round(lookback * 1000))
+    status: dict[str, dict[str, Any]] = {
+        e: {"state": "unknown", "anomaly_score": None, "timestamp": None} for e in catalog.fleet.fleet_entities()
+    }
+    victoria = "ok"
+    try:
+        vm = request.app[VICTORIA]
+        last, stamps = await asyncio.gather(
+            vm.query(rollup("last_over_time", [SCORE, DETECTED], {}, window), now),
+            vm.query(rollup("tlast_over_time", [SCORE], {}, window), now),
+        )
+    except VictoriaUnavailableError as exc:
+        log.warning("satellite status unavailable: %s", exc)
+        victoria = "unavailable"
+        last, stamps = [], []
+    for s in last:
+        entity = s.metric.get("entity", "")
+        if entity in status and s.values and s.values[0] is not None:
+            if s.name == SCORE:
+                status[entity]["anomaly_score"] = s.values[0]
+            elif s.name == DETECTED:
+                status[entity]["state"] = "anomaly" if s.values[0] else "normal"
+    for s in stamps:
+        entity = s.metric.get("entity", "")
+        if entity in status and s.values:
+            status[entity]["timestamp"] = s.values[0]
+    body = [
+        {"id": sat.id, "name": sat.name, "entities": list(sat.entities),
+         "status": {e: status[e] for e in sat.entities}}
+        for sat in catalog.fleet.satellites
+    ]
+    return web.json_response(body, headers={"X-Victoria-Status": victoria})
+
+
+async def entity_overview(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    entity = request.match_info["entity"]
+    sat = catalog.satellite_of(entity)
+    tr = parse_range(request.query, time.time())
+    labels = {"satellite_id": sat, "entity": entity}
+    vm = request.app[VICTORIA]
+    peaks, lasts = await asyncio.gather(
+        vm.query_range(rollup("max_over_time", [SCORE, DETECTED, SIGNAL, GROUND_TRUTH], labels, tr.step_ms), tr),
+        vm.query_range(rollup("last_over_time", [THRESHOLD], labels, tr.step_ms), tr),
+    )
+    return web.json_response(overview_body(sat, entity, tr, peaks + lasts))
+
+
+async def sensor_history(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    entity, sensor = request.match_info["entity"], request.match_info["sensor"]
+    sat = catalog.satellite_of(entity)
+    catalog.check_sensor(entity, sensor)
+    tr = parse_range(request.query, time.time())
+    labels = {"satellite_id": sat, "entity": entity, "sensor": sensor}
+    vm = request.app[VICTORIA]
+    peaks, lasts = await asyncio.gather(
+        vm.query_range(rollup("max_over_time", [ERROR, SENSOR_GT], labels, tr.step_ms), tr),
+        vm.query_range(rollup("last_over_time", [VALUE, RECON], labels, tr.step_ms), tr),
+    )
+    return web.json_response(sensor_body(sat, entity, sensor, tr, peaks + lasts))
+
+
+async def sensor_snapshot(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    entity = request.match_info["entity"]
+    sat = catalog.satellite_of(entity)
+    at = parse_time(request.query["time"], "time") if "time" in request.query else time.time()
+    window = max(1, round(parse_lookback(request.query) * 1000))
+    labels = {"satellite_id": sat, "entity": entity}
+    vm = request.app[VICTORIA]
+    values, stamp = await asyncio.gather(
+        vm.query(rollup("last_over_time", [VALUE, RECON, ERROR], labels, window), at),
+        vm.query(rollup("tlast_over_time", [SCORE], labels, window), at),
+    )
+    return web.json_response(snapshot_body(entity, catalog.sensors(entity), at, values + stamp))
+
+
+# ---------------------------------------------------------------- alert manager proxy
+
+
+async def _proxy(request: web.Request, method: str, path: str) -> web.Response:
+    url = request.app[ALERTS_URL].rstrip("/") + path
+    body = await request.read() if method == "POST" else None
+    headers = {"Content-Type": request.headers.get("Content-Type", "application/json")} if body else {}
+    try:
+        async with request.app[HTTP].request(method, url, params=request.query, data=body, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            payload = await resp.read()
+            ctype = resp.headers.get("Content-Type", "application/json")
+            return web.Response(status=resp.status, body=payload, headers={"Content-Type": ctype})
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.warning("alert manager unreachable at %s: %r", url, exc)
+        return web.json_response({"error": "alert manager unavailable", "status": 503}, status=503)
+
+
+async def alerts_list(request: web.Request) -> web.Response:
+    return await _proxy(request, "GET", "/api/smap/alerts")
+
+
+async def alert_detail(request: web.Request) -> web.Response:
+    return await _proxy(request, "GET", f"/api/smap/alerts/{_alert_id(request)}")
+
+
+async def alert_ack(request: web.Request) -> web.Response:
+    return await _proxy(request, "POST", f"/api/smap/alerts/{_alert_id(request)}/ack")
+
+
+def _alert_id(request: web.Request) -> int:
+    raw = request.match_info["alert_id"]
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(text='{"error": "alert id must be an integer", "status": 400}',
+                                 content_type="application/json")
+    return int(raw)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/smap/satellites", satellites)
+    app.router.add_get("/api/smap/entity/{entity}/overview", entity_overview)
+    app.router.add_get("/api/smap/entity/{entity}/sensors", sensor_snapshot)
+    app.router.add_get("/api/smap/entity/{entity}/sensor/{sensor}", sensor_history)
+    app.router.add_get("/api/smap/alerts", alerts_list)
+    app.router.add_get("/api/smap/alerts/{alert_id}", alert_detail)
+    app.router.add_post("/api/smap/alerts/{alert_id}/ack", alert_ack)

@@ -1,0 +1,128 @@
+"""Private processes for the operation server's tests and benchmark: a fresh VictoriaMetrics with the
+chain's flags, and the operation server itself run as supervisord runs it (smap-operation-server/main.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smap_shared.infra.ports import free_port, wait_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env or dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@dataclass
+class Victoria:
+    """A private, empty VictoriaMetrics (the flags of Chain.start_infra and scripts/infra.sh)."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Victoria:
+        binary = shutil.which("victoria-metrics")
+        if binary is None:
+            raise RuntimeError("victoria-metrics not installed (scripts/infra.sh up installs it)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = _spawn([
+            binary, f"-storageDataPath={self.workdir / 'vm'}", f"-httpListenAddr=127.0.0.1:{self.port}",
+            "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=1s", "-loggerLevel=WARN",
+        ], self.workdir / "victoria-metrics.log")
+        if not wait_port(self.port, timeout=30):
+            raise RuntimeError(f"VictoriaMetrics did not open port {self.port}")
+        return self
+
+    def import_lines(self, lines: list[str]) -> None:
+        """Prometheus text lines (with ms timestamps); returns once they are searchable."""
+        body = ("\n".join(lines) + "\n").encode()
+        req = urllib.request.Request(f"{self.url}/api/v1/import/prometheus", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=60):
+            pass
+        with urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=30):
+            pass
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
+@dataclass
+class OperationServer:
+    """smap-operation-server/main.py on free ports, configured through its environment."""
+
+    workdir: Path
+    victoria_url: str
+    kafka_bootstrap: str = "127.0.0.1:1"  # nothing listens there: the live feed keeps retrying
+    alert_manager_url: str = "http://127.0.0.1:1"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60, wait_feed: bool = False) -> OperationServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update({
+            "OPERATION_HOST": "127.0.0.1", "OPERATION_PORT": str(self.port), "METRICS_PORT": str(free_port()),
+            "VICTORIA_URL": self.victoria_url, "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "ALERT_MANAGER_URL": self.alert_manager_url, "LOG_LEVEL": "INFO",
+        })
+        log = self.workdir / "operation-server.log"
+        self.proc = _spawn([sys.executable, "smap-operation-server/main.py"], log, env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operation server exited {self.proc.returncode}; see {self.workdir}")
+            health = self.health()
+            if health is not None and (not wait_feed or health.get("live_feed") == "connected"):
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"operation server not ready after {timeout_s} s; see {self.workdir}")
+
+    def health(self) -> dict[str, object] | None:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as resp:
+                body: dict[str, object] = json.loads(resp.read())
+                return body
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None

@@ -1,0 +1,138 @@
+"""OpenAPI 3.1 description of the operation server's HTTP API, served at /api/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smap_shared.operations.params import DEFAULT_POINTS, MAX_POINTS, MAX_RANGE_S
+
+_NUMS = {"type": "array", "items": {"type": ["number", "null"]}}
+_FLAGS = {"type": "array", "items": {"type": ["integer", "null"], "enum": [0, 1, None]}}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    what = {400: "Bad parameters", 404: "Unknown entity or sensor", 503: "VictoriaMetrics unavailable",
+            502: "Alert manager error"}
+    return {str(c): _resp(what[c], _ERROR) for c in codes}
+
+
+_RANGE_PARAMS = [
+    {"name": "start", "in": "query", "schema": {"type": "string"},
+     "description": "Unix seconds or RFC 3339 with a zone. Default: end - window."},
+    {"name": "end", "in": "query", "schema": {"type": "string"},
+     "description": "Unix seconds or RFC 3339 with a zone. Default: now."},
+    {"name": "window", "in": "query", "schema": {"type": "string", "default": "1h"},
+     "description": "Duration (30s, 5m, 24h, 1d) used when start is absent."},
+    {"name": "step", "in": "query", "schema": {"type": "string"},
+     "description": f"Duration between points (>= 1ms). Default: range / {DEFAULT_POINTS}. At most "
+                    f"{MAX_POINTS} points per series; the range spans at most {MAX_RANGE_S // 86400} days. "
+                    "Each point aggregates the samples of (t - step, t]: max for scores, flags and errors, "
+                    "last for values, reconstructions and the threshold."},
+]
+_ENTITY = {"name": "entity", "in": "path", "required": True, "schema": {"type": "string", "example": "A-1"}}
+_SENSOR = {"name": "sensor", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": "^sensor_[0-9]+$", "example": "sensor_0"}}
+_ALERT_ID = {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_RANGE_OUT = {"start": {"type": "number"}, "end": {"type": "number"}, "step": {"type": "number"},
+              "timestamps": {"type": "array", "items": {"type": "number"}, "description": "Unix seconds"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "SMAP operation server", "version": "1.0.0",
+                 "description": "History from VictoriaMetrics; live results on the WebSocket /ws/smap "
+                                "(query satellite_id, entity; messages of type smap_inference and smap_alert)."},
+        "paths": {
+            "/api/smap/satellites": {"get": {
+                "summary": "Satellites, their entities and each entity's current state",
+                "parameters": [{"name": "lookback", "in": "query", "schema": {"type": "string", "default": "10m"},
+                                "description": "How old the latest sample may be to count as current."}],
+                "responses": {"200": _resp("The fleet", {"type": "array", "items": {
+                    "$ref": "#/components/schemas/Satellite"}})},
+            }},
+            "/api/smap/entity/{entity}/overview": {"get": {
+                "summary": "Anomaly score, detections, detector signal, threshold and ground truth over time",
+                "parameters": [_ENTITY, *_RANGE_PARAMS],
+                "responses": {"200": _resp("Aligned series", {"$ref": "#/components/schemas/Overview"}),
+                              **_errors(400, 404, 503)},
+            }},
+            "/api/smap/entity/{entity}/sensor/{sensor}": {"get": {
+                "summary": "One sensor: actual value, reconstruction, reconstruction error, ground truth",
+                "parameters": [_ENTITY, _SENSOR, *_RANGE_PARAMS],
+                "responses": {"200": _resp("Aligned series", {"$ref": "#/components/schemas/SensorHistory"}),
+                              **_errors(400, 404, 503)},
+            }},
+            "/api/smap/entity/{entity}/sensors": {"get": {
+                "summary": "Latest value, reconstruction and error of every sensor of the entity",
+                "parameters": [_ENTITY,
+                               {"name": "time", "in": "query", "schema": {"type": "string"},
+                                "description": "Evaluation time (default now)."},
+                               {"name": "lookback", "in": "query",
+                                "schema": {"type": "string", "default": "10m"}}],
+                "responses": {"200": _resp("Per-sensor snapshot", {"$ref": "#/components/schemas/Snapshot"}),
+                              **_errors(400, 404, 503)},
+            }},
+            "/api/smap/alerts": {"get": {
+                "summary": "Alerts (proxied to the alert manager verbatim, query string included)",
+                "responses": {"200": _resp("Alerts", {"type": "object"}), **_errors(503)},
+            }},
+            "/api/smap/alerts/{alert_id}": {"get": {
+                "summary": "One alert (proxied)", "parameters": [_ALERT_ID],
+                "responses": {"200": _resp("The alert", {"type": "object"}), **_errors(400, 404, 503)},
+            }},
+            "/api/smap/alerts/{alert_id}/ack": {"post": {
+                "summary": "Acknowledge an alert (proxied)", "parameters": [_ALERT_ID],
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"by": {"type": "string"}, "note": {"type": "string"}}}}}},
+                "responses": {"200": _resp("The acknowledged alert", {"type": "object"}),
+                              **_errors(400, 404, 503)},
+            }},
+            "/api/openapi.json": {"get": {"summary": "This document",
+                                          "responses": {"200": _resp("OpenAPI", {"type": "object"})}}},
+            "/healthz": {"get": {"summary": "Liveness, with VictoriaMetrics reachability and feed state",
+                                 "responses": {"200": _resp("Health", {"type": "object"})}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error", "status"],
+                      "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
+            "EntityStatus": {"type": "object", "required": ["state", "anomaly_score", "timestamp"], "properties": {
+                "state": {"enum": ["normal", "anomaly", "unknown"]},
+                "anomaly_score": {"type": ["number", "null"]}, "timestamp": {"type": ["number", "null"]}}},
+            "Satellite": {"type": "object", "required": ["id", "name", "entities", "status"], "properties": {
+                "id": {"type": "string"}, "name": {"type": "string"},
+                "entities": {"type": "array", "items": {"type": "string"}},
+                "status": {"type": "object",
+                           "additionalProperties": {"$ref": "#/components/schemas/EntityStatus"}}}},
+            "Overview": {"type": "object", "required": [
+                "satellite_id", "entity", "start", "end", "step", "timestamps", "anomaly_score", "detected",
+                "detector_signal", "threshold", "threshold_series", "ground_truth", "current"], "properties": {
+                "satellite_id": {"type": "string"}, "entity": {"type": "string"}, **_RANGE_OUT,
+                "anomaly_score": _NUMS, "detected": _FLAGS,
+                "detector_signal": {**_NUMS, "description": "The value the deployed rule compares with the "
+                                    "threshold (the threshold is in these units, not anomaly_score's)."},
+                "threshold": {"type": ["number", "null"], "description": "Latest threshold"},
+                "threshold_series": _NUMS,
+                "ground_truth": {"type": ["array", "null"], "items": {"type": ["integer", "null"]},
+                                 "description": "Labelled anomaly (simulator labels); null when none stored."},
+                "current": {"$ref": "#/components/schemas/EntityStatus"}}},
+            "SensorHistory": {"type": "object", "required": [
+                "satellite_id", "entity", "sensor", "start", "end", "step", "timestamps", "actual",
+                "reconstruction", "error", "ground_truth"], "properties": {
+                "satellite_id": {"type": "string"}, "entity": {"type": "string"}, "sensor": {"type": "string"},
+                **_RANGE_OUT, "actual": _NUMS, "reconstruction": _NUMS, "error": _NUMS,
+                "ground_truth": {"type": ["array", "null"], "items": {"type": ["integer", "null"]}}}},
+            "Snapshot": {"type": "object", "required": ["entity", "time", "timestamp", "sensors"], "properties": {
+                "entity": {"type": "string"}, "time": {"type": "number"},
+                "timestamp": {"type": ["number", "null"], "description": "Time of the latest frame"},
+                "sensors": {"type": "array", "items": {"type": "object", "required": [
+                    "id", "value", "reconstruction", "error"], "properties": {
+                    "id": {"type": "string"}, "value": {"type": ["number", "null"]},
+                    "reconstruction": {"type": ["number", "null"]}, "error": {"type": ["number", "null"]}}}}}},
+        }},
+    }
