@@ -9,12 +9,14 @@
 #            + management UI, Redis, VictoriaMetrics), model checkpoints + Triton repository
 #            (triton-omnianomaly/setup_models.sh), then the services under supervisord
 #            (.run/supervisord.conf, one log per service in .run/logs/): Triton first, the analysis
-#            workers once Triton is ready, then consumer, trigger, Flower and last the simulator.
+#            workers once Triton is ready, then consumer, alert manager, operation server (dashboard), trigger,
+#            Flower and last the simulator.
 #            A second `start` while running changes nothing.
 #   stop     stop the services and supervisord, then the infrastructure this repo started
 #   status   supervisorctl status + infrastructure ports
 #   restart  restart the services (the infrastructure stays up)
-#   logs S   follow .run/logs/S.log (S: triton, worker-shard0, trigger, consumer, simulator, flower, ...)
+#   logs S   follow .run/logs/S.log (S: triton, worker-shard0, trigger, consumer, alert-manager,
+#            operation-server, simulator, flower, ...)
 #
 # Environment: INFERENCE_SHARDS (worker shards, default 2), SIMULATOR_INTERVAL_S (default 5),
 # TRITON_HTTP_PORT (8100), TRITON_WAIT_S (seconds to wait for Triton, default 180),
@@ -43,6 +45,10 @@ print_urls() {
   cat <<EOF
 
 SMAP chain endpoints
+  Dashboard        http://localhost:${OPERATION_PORT:-8000}
+                   OpenAPI: http://localhost:${OPERATION_PORT:-8000}/api/openapi.json
+                   curl 'localhost:${OPERATION_PORT:-8000}/api/smap/entity/A-1/overview?window=1h'
+                   WebSocket: ws://localhost:${OPERATION_PORT:-8000}/ws/smap?satellite_id=SAT-001
   Triton           http://localhost:$TRITON_HTTP_PORT
                    curl localhost:$TRITON_HTTP_PORT/v2/health/ready
                    curl -X POST localhost:$TRITON_HTTP_PORT/v2/repository/index
@@ -50,9 +56,13 @@ SMAP chain endpoints
   Flower           http://localhost:5555
   RabbitMQ UI      http://localhost:${RABBITMQ_MGMT_PORT:-15672}  (guest/guest)
   Kafka (Tansu)    localhost:${KAFKA_PORT:-9092}
+  Alert manager    http://localhost:${ALERT_API_PORT:-8002}/api/smap/alerts   (PostgreSQL :${POSTGRES_PORT:-5432})
+                   curl 'localhost:${ALERT_API_PORT:-8002}/api/smap/alerts?state=firing'
   /metrics         simulator       http://localhost:9301/metrics
                    trigger         http://localhost:9302/metrics
                    consumer        http://localhost:9304/metrics
+                   alert-manager   http://localhost:9306/metrics
+                   operation-server http://localhost:9305/metrics
 EOF
   for ((k = 0; k < INFERENCE_SHARDS; k++)); do
     printf '                   %-15s http://localhost:%d/metrics\n' "worker shard $k" $((9310 + k))
@@ -167,6 +177,10 @@ EOF
       workers+=("worker-shard$k")
     done
     program consumer "$ROOT" 30 "$VENV/bin/python smap-victoria-consumer/main.py"
+    # Alert rules over the results -> PostgreSQL history, Slack/email (creates its database, migrates).
+    program alert-manager "$ROOT" 35 "$VENV/bin/python smap-alert-manager/main.py"
+    # Dashboard, REST API and WebSocket (reads VictoriaMetrics and the results topic; after the consumer).
+    program operation-server "$ROOT" 37 "$VENV/bin/python smap-operation-server/main.py"
     program trigger "$ROOT" 40 "$VENV/bin/python smap-inference-trigger/main.py"
     program flower "$worker_dir" 50 \
       "$celery -A smap_analysis.celery_app flower --port=5555 --broker_api=http://guest:guest@localhost:15672/api/"
@@ -223,6 +237,7 @@ native_start() {
     return 0
   fi
   ensure_venv
+  ensure_web_deps  # the dashboard's chart library (npm ci from smap-operation-server/web/package-lock.json)
   bash "$ROOT/scripts/infra.sh" up
 
   if [[ "${SMAP_SKIP_MODELS:-0}" == 1 ]]; then
@@ -245,8 +260,8 @@ native_start() {
   wait_triton || true
   log "starting the analysis workers ($INFERENCE_SHARDS shards)"
   start_programs "workers:*"
-  log "starting consumer, trigger, flower"
-  start_programs consumer trigger flower
+  log "starting consumer, alert-manager, operation-server, trigger, flower"
+  start_programs consumer alert-manager operation-server trigger flower
   log "starting the simulator (one frame per stream every ${SIMULATOR_INTERVAL_S}s)"
   start_programs simulator
 

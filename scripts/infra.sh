@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Infrastructure of the SMAP chain on this host, without Docker:
 #   Tansu (Kafka API, in-memory) :9092, RabbitMQ :5672 (+ management UI :15672), Redis :6379,
-#   VictoriaMetrics :8428.
+#   VictoriaMetrics :8428, PostgreSQL :5432 (the alert history; Debian's cluster "main").
 #
 #   scripts/infra.sh up       start whatever is not already listening (installing missing Debian packages)
 #   scripts/infra.sh down     stop only what `up` started (recorded in .run/infra-started)
 #   scripts/infra.sh status   one line per service
 #
-# Ports can be moved with KAFKA_PORT, RABBITMQ_PORT, RABBITMQ_MGMT_PORT, REDIS_PORT, VM_PORT; the state
+# Ports can be moved with KAFKA_PORT, RABBITMQ_PORT, RABBITMQ_MGMT_PORT, REDIS_PORT, VM_PORT (POSTGRES_PORT
+# only says where to look: the cluster keeps its configured port); the state
 # directory with SMAP_RUN_DIR (default .run). Services found already running are left alone.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -18,8 +19,9 @@ RABBITMQ_PORT="${RABBITMQ_PORT:-5672}"
 RABBITMQ_MGMT_PORT="${RABBITMQ_MGMT_PORT:-15672}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 VM_PORT="${VM_PORT:-8428}"
+POSTGRES_PORT="${POSTGRES_PORT:-5432}"
 STATE="$RUN_DIR/infra-started"
-SERVICES=(tansu rabbitmq redis victoria-metrics)
+SERVICES=(tansu rabbitmq redis victoria-metrics postgresql)
 
 port_of() {
   case "$1" in
@@ -27,6 +29,7 @@ port_of() {
     rabbitmq) echo "$RABBITMQ_PORT" ;;
     redis) echo "$REDIS_PORT" ;;
     victoria-metrics) echo "$VM_PORT" ;;
+    postgresql) echo "$POSTGRES_PORT" ;;
     *) die "unknown service $1" ;;
   esac
 }
@@ -111,6 +114,31 @@ up_victoria_metrics() {
   wait_http victoria-metrics "http://127.0.0.1:$VM_PORT/health" 60
 }
 
+# PostgreSQL: Debian's cluster (newest version) "main". A fresh install here gets one pg_hba rule more:
+# the postgres role may connect over 127.0.0.1 without a password (single-host development, as the
+# services' default ALERT_DATABASE_URL expects; Docker mode uses a password instead).
+up_postgresql() {
+  local fresh=0 version hba
+  if ! compgen -G "/etc/postgresql/*/main" >/dev/null; then
+    apt_install postgresql
+    fresh=1
+  fi
+  version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n1)"
+  [[ -n "$version" ]] || die "postgresql: no cluster under /etc/postgresql"
+  hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ((fresh)) && ! grep -q '^host all postgres 127.0.0.1/32 trust' "$hba"; then
+    as_root sed -i '1i # added by scripts/infra.sh (single-host development)\nhost all postgres 127.0.0.1/32 trust' "$hba"
+  fi
+  # The install may have started it (invoke-rc.d): check again before starting it ourselves.
+  if port_open "$POSTGRES_PORT"; then
+    if ((fresh)); then as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload; fi
+  else
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    record postgresql "$version" "$POSTGRES_PORT"  # the pid field holds the cluster version
+  fi
+  wait_port postgresql "$POSTGRES_PORT" 60
+}
+
 cmd_up() {
   local name port
   for name in "${SERVICES[@]}"; do
@@ -152,6 +180,9 @@ cmd_down() {
       victoria-metrics) stop_pid "$name" "$pid" victoria-metrics ;;
       redis) stop_pid "$name" "$pid" redis-server ;;
       rabbitmq) as_root rabbitmqctl stop </dev/null >&2 || log "rabbitmq: rabbitmqctl stop failed" ;;
+      postgresql)
+        as_root pg_ctlcluster --skip-systemctl-redirect "$pid" main stop </dev/null >&2 \
+          || log "postgresql: pg_ctlcluster $pid main stop failed" ;;
       *) log "unknown entry '$name' in $STATE, skipped" ;;
     esac
   done < <(tac "$STATE")

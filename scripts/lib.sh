@@ -84,3 +84,26 @@ ensure_venv() {
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT" </dev/null >&2
   echo "$want" >"$stamp"
 }
+
+WEB_DIR="$ROOT/smap-operation-server/web"
+# ensure_web_deps: the dashboard's npm packages (the chart library) in $WEB_DIR/node_modules, installed with
+# `npm ci` from package-lock.json when node_modules is missing or the lock changed since (stamp inside it).
+ensure_web_deps() {
+  local stamp="$WEB_DIR/node_modules/.smap-lock.sha256" want
+  [[ -f "$WEB_DIR/package-lock.json" ]] || return 0
+  want="$(sha256sum "$WEB_DIR/package-lock.json" | cut -d' ' -f1)"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  command -v npm >/dev/null || apt_install npm
+  log "npm ci in $WEB_DIR (package-lock.json changed or node_modules missing)"
+  (cd "$WEB_DIR" && npm ci --omit=dev --no-audit --no-fund </dev/null >&2)
+  echo "$want" >"$stamp"
+}
+
+# ensure_chromium: Debian's chromium for the dashboard's browser test (Playwright drives it; no download).
+# Not fatal: without it only that test fails, and says why.
+ensure_chromium() {
+  [[ -x /usr/bin/chromium ]] && return 0
+  (apt_install chromium) || log "warning: chromium could not be installed; the dashboard browser test will fail"
+}

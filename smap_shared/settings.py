@@ -89,6 +89,7 @@ class OperationServerSettings(_Settings):
     alerts_topic: str = "smap-alerts"
     kafka_fetch_max_wait_ms: int = 20
     smap_data_dir: Path | None = None  # the sensor count of each entity comes from its data
+    operation_web_dir: Path | None = None  # None: smap-operation-server/web (checkout or image)
     metrics_port: int = 9305
 
 
@@ -111,5 +112,13 @@ class AlertManagerSettings(_Settings):
     smtp_starttls: bool = False
     alert_email_from: str = "smap-alerts@localhost"
     alert_email_to: str = ""  # comma-separated
+    #: Outbox delivery: per-attempt timeout, exponential backoff between attempts (capped), attempts before
+    #: a notification is marked failed, and how many notifications are sent concurrently.
+    alert_delivery_timeout_s: float = Field(default=10.0, gt=0)
+    alert_delivery_backoff_s: float = Field(default=1.0, gt=0)
+    alert_delivery_backoff_max_s: float = Field(default=300.0, gt=0)
+    alert_delivery_max_attempts: int = Field(default=50, ge=1)
+    alert_delivery_workers: int = Field(default=2, ge=1, le=32)
+    alert_batch_max: int = Field(default=500, ge=1)  # results applied per PostgreSQL transaction
     kafka_fetch_max_wait_ms: int = 20
     metrics_port: int = 9306

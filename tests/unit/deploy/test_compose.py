@@ -43,7 +43,9 @@ from pydantic_settings import BaseSettings
 from smap_shared.routing import queue_name
 from smap_shared.schemas import InferenceResult
 from smap_shared.settings import (
+    AlertManagerSettings,
     ConsumerSettings,
+    OperationServerSettings,
     SimulatorSettings,
     TriggerSettings,
     TritonSettings,
@@ -51,8 +53,9 @@ from smap_shared.settings import (
 )
 from smap_shared.streaming.consumer import result_lines, results_dlq_topic
 
-INFRA = ("kafka", "rabbitmq", "redis", "victoriametrics", "kafka-ui")
-CHAIN = ("triton-omnianomaly", "smap-simulator", "smap-inference-trigger", "smap-victoria-consumer", "flower")
+INFRA = ("kafka", "rabbitmq", "redis", "victoriametrics", "kafka-ui", "postgres")
+CHAIN = ("triton-omnianomaly", "smap-simulator", "smap-inference-trigger", "smap-victoria-consumer", "flower",
+         "smap-alert-manager", "smap-operation-server")
 WORKER_PREFIX = "smap-analysis-worker-"
 
 #: host port (default) -> (service, container port), as the spec publishes them
@@ -64,6 +67,7 @@ SPEC_PORTS = {
     5555: ("flower", 5555),
     15672: ("rabbitmq", 15672),
     8428: ("victoriametrics", 8428),
+    8000: ("smap-operation-server", 8000),
 }
 
 #: Variables a service gets that are not fields of its settings class, each with the reason.
@@ -88,6 +92,8 @@ def service_settings(name: str) -> tuple[type[BaseSettings], set[str] | None]:
         }),
         # Flower only talks to the broker and the result backend (it imports the worker's Celery app)
         "flower": (WorkerSettings, {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "INFERENCE_SHARDS"}),
+        "smap-alert-manager": (AlertManagerSettings, None),
+        "smap-operation-server": (OperationServerSettings, None),
     }
     return table[name]
 
@@ -193,6 +199,19 @@ def test_every_variable_is_in_env_example_and_every_example_variable_is_used() -
     assert documented - used == set(), ".env.example variables no compose file uses"
 
 
+#: Secrets of optional notification channels: empty (channel off) is valid, so they are `${VAR:-}`, not
+#: required; they still come from .env only, and .env.example leaves them empty.
+OPTIONAL_SECRETS = {"SLACK_WEBHOOK_URL", "SMTP_USERNAME", "SMTP_PASSWORD"}
+
+
+def test_optional_notification_secrets_come_from_env_only() -> None:
+    for name in OPTIONAL_SECRETS:
+        assert example_env()[name] == "", f"{name}: .env.example must leave it empty"
+    env = env_of(raw_base()["services"]["smap-alert-manager"])
+    for name in OPTIONAL_SECRETS:
+        assert env[name] == f"${{{name}:-}}", name
+
+
 def test_credentials_are_required_from_env_and_never_literal() -> None:
     required = {
         use.name
@@ -200,7 +219,7 @@ def test_credentials_are_required_from_env_and_never_literal() -> None:
         for use in variable_uses(text)
         if use.op in (":?", "?")
     }
-    secrets = {k for k in example_env() if re.search(r"PASSWORD|USER", k)}
+    secrets = {k for k in example_env() if re.search(r"PASSWORD|USER", k)} - OPTIONAL_SECRETS
     assert secrets <= required, "credentials must be `${VAR:?...}`: compose refuses to start without .env"
     for name in secrets:
         with pytest.raises(InterpolationError, match=name):
@@ -209,13 +228,13 @@ def test_credentials_are_required_from_env_and_never_literal() -> None:
         for user_info in re.findall(r"://([^/@\s]+)@", text):
             assert all(part.startswith("${") for part in user_info.split(":") if part), text
     for key, value in ((k, v) for s in services().values() for k, v in env_of(s).items()):
-        if re.search(r"PASS|SECRET|AUTH|TOKEN", key):
+        if re.search(r"PASS|SECRET|AUTH|TOKEN", key) and key not in OPTIONAL_SECRETS:
             assert value, key
 
 
 def test_env_example_holds_placeholders_only() -> None:
     for key, value in example_env().items():
-        if "PASSWORD" in key:
+        if "PASSWORD" in key and key not in OPTIONAL_SECRETS:
             assert value.startswith("change-me"), f"{key}: .env.example must not carry a real secret"
     gitignore = (REPO_ROOT / ".gitignore").read_text().split()
     assert ".env" in gitignore
@@ -341,6 +360,12 @@ def _hosts(value: str) -> set[str]:
     return hosts
 
 
+#: (service, variable) naming a compose service it may start without, and why.
+OPTIONAL_PEERS = {
+    ("smap-operation-server", "ALERT_MANAGER_URL"): "the dashboard works without alerts (its panel says so)",
+}
+
+
 def test_connection_settings_name_healthy_dependencies() -> None:
     """Every host a service connects to is a compose service it waits for (never localhost)."""
     for name, svc in services().items():
@@ -353,6 +378,9 @@ def test_connection_settings_name_healthy_dependencies() -> None:
                 continue
             for host in _hosts(value):
                 assert host != "localhost", f"{name}: {key}={value}"
+                if (name, key) in OPTIONAL_PEERS:
+                    assert host in services() and "profiles" not in services()[host], f"{name}: {key}"
+                    continue
                 assert host in depends_on(svc), f"{name}: {key} names {host}, not a dependency"
 
 
@@ -467,7 +495,9 @@ def workdir(name: str) -> str:
     ("name", "script"),
     [("smap-simulator", "smap-simulator/main.py"),
      ("smap-inference-trigger", "smap-inference-trigger/main.py"),
-     ("smap-victoria-consumer", "smap-victoria-consumer/main.py")],
+     ("smap-victoria-consumer", "smap-victoria-consumer/main.py"),
+     ("smap-alert-manager", "smap-alert-manager/main.py"),
+     ("smap-operation-server", "smap-operation-server/main.py")],
 )
 def test_python_service_commands(name: str, script: str) -> None:
     assert effective_command(name) == ["python", script]
@@ -494,6 +524,7 @@ def test_worker_and_flower_commands() -> None:
 def test_named_volumes_hold_the_data() -> None:
     declared = set(base()["volumes"])
     expected = {"kafka": "/var/lib/kafka/data", "rabbitmq": "/var/lib/rabbitmq",
+                "postgres": "/var/lib/postgresql/data",
                 "victoriametrics": "/victoria-metrics-data"}
     for name, target in expected.items():
         mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in services()[name]["volumes"]}
@@ -537,7 +568,8 @@ def test_kafka_is_kraft_and_creates_every_topic_the_chain_uses() -> None:
     cons = settings_of("smap-victoria-consumer", ConsumerSettings)
     work = settings_of(f"{WORKER_PREFIX}0", WorkerSettings)
     needed = {sim.telemetry_topic, trig.telemetry_topic, trig.dlq_topic, work.results_topic,
-              cons.results_topic, results_dlq_topic(cons)}
+              cons.results_topic, results_dlq_topic(cons),
+              settings_of("smap-alert-manager", AlertManagerSettings).alerts_topic}
     assert needed <= set(topics), f"topics not created: {needed - set(topics)}"
     # the entrypoint wrapper marks readiness only after creating them; the health check waits for it
     script = (REPO_ROOT / "docker" / "kafka" / "create-topics.sh").read_text()
@@ -694,3 +726,28 @@ def test_dashboard_variables_and_panels() -> None:
         assert p["datasource"]["uid"] == "victoriametrics"
         for t in p["targets"]:
             assert '$satellite' in t["expr"] and '$entity' in t["expr"], t["expr"]
+
+
+def test_alert_manager_uses_the_compose_postgres_and_serves_its_api() -> None:
+    svc = services()["smap-alert-manager"]
+    env = env_of(svc)
+    assert {"kafka", "postgres"} <= set(depends_on(svc))
+    pg = env_of(services()["postgres"])
+    url = env["ALERT_DATABASE_URL"]
+    assert url == f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}"
+    assert "pg_isready" in " ".join(command_list(services()["postgres"]["healthcheck"]["test"]))
+    ports = {parse_port(p).container_port for p in svc["ports"]}
+    assert ports == {int(env["ALERT_API_PORT"])} and env["ALERT_API_HOST"] == "0.0.0.0"
+    assert "/healthz" in " ".join(command_list(svc["healthcheck"]["test"]))
+
+
+def test_operation_server_reads_the_chain_and_serves_the_dashboard() -> None:
+    svc = services()["smap-operation-server"]
+    env = env_of(svc)
+    assert {"kafka", "victoriametrics"} <= set(depends_on(svc))
+    assert env["VICTORIA_URL"] == "http://victoriametrics:8428"
+    assert env["ALERT_MANAGER_URL"] == f"http://smap-alert-manager:{env_of(services()['smap-alert-manager'])['ALERT_API_PORT']}"
+    assert env["ALERTS_TOPIC"] == env_of(services()["smap-alert-manager"])["ALERTS_TOPIC"]
+    ports = {parse_port(p).container_port for p in svc["ports"]}
+    assert ports == {int(env["OPERATION_PORT"])} and env["OPERATION_HOST"] == "0.0.0.0"
+    assert "/healthz" in " ".join(command_list(svc["healthcheck"]["test"]))

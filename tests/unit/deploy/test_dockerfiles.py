@@ -30,10 +30,13 @@ from deploy_support import (
 
 from smap_shared.triton.launcher import TritonPaths, build_command
 
-SERVICE_DIRS = ("smap-simulator", "smap-inference-trigger", "smap-analysis-worker", "smap-victoria-consumer")
+SERVICE_DIRS = ("smap-simulator", "smap-inference-trigger", "smap-analysis-worker", "smap-victoria-consumer",
+                "smap-alert-manager")
 SERVICE_DOCKERFILES = tuple(REPO_ROOT / d / "Dockerfile" for d in SERVICE_DIRS)
 TRITON_DOCKERFILE = REPO_ROOT / "triton-omnianomaly" / "Dockerfile.triton-omnianomaly"
-ALL_DOCKERFILES = (*SERVICE_DOCKERFILES, TRITON_DOCKERFILE)
+#: two stages: npm ci for the page's chart library, then the same Python service image as the others
+OPERATION_DOCKERFILE = REPO_ROOT / "smap-operation-server" / "Dockerfile"
+ALL_DOCKERFILES = (*SERVICE_DOCKERFILES, OPERATION_DOCKERFILE, TRITON_DOCKERFILE)
 SERVICE_PINS = REPO_ROOT / "docker" / "service-pins.txt"
 TRITON_PINS = REPO_ROOT / "docker" / "triton" / "pins.txt"
 TRITON_ENTRYPOINT = REPO_ROOT / "docker" / "triton" / "entrypoint.sh"
@@ -199,10 +202,12 @@ def test_copied_files_exist_and_reach_the_build(path: Path) -> None:
         for src in sources:
             full = REPO_ROOT / src
             assert full.exists(), f"line {ins.line}: {src} does not exist"
-            # left out on purpose: bytecode and the service folder's own Dockerfile
+            # left out on purpose: bytecode, the service folder's own Dockerfile and a local npm install
+            # (the operation server's image runs npm ci in its own build stage)
             files = [full] if full.is_file() else [
                 p for p in full.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("Dockerfile")
+                if p.is_file() and not {"__pycache__", "node_modules"} & set(p.parts)
+                and not p.name.startswith("Dockerfile")
             ]
             assert files, src
             for f in files:
@@ -359,7 +364,8 @@ print("imported", len(sys.argv) - 1)
 @pytest.mark.parametrize(
     ("service", "targets"),
     [("smap-simulator", ["main.py"]), ("smap-inference-trigger", ["main.py"]),
-     ("smap-victoria-consumer", ["main.py"]),
+     ("smap-victoria-consumer", ["main.py"]), ("smap-alert-manager", ["main.py"]),
+     ("smap-operation-server", ["main.py"]),
      ("smap-analysis-worker", ["smap_analysis.celery_app", "smap_analysis.tasks"])],
 )
 def test_service_code_imports_without_the_left_out_packages(service: str, targets: list[str]) -> None:
@@ -373,3 +379,22 @@ def test_service_code_imports_without_the_left_out_packages(service: str, target
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"imported {len(targets)}" in proc.stdout
+
+
+def test_operation_server_image_installs_the_page_from_the_lock_file() -> None:
+    df = dockerfile(OPERATION_DOCKERFILE)
+    assert [s.name for s in df.stages] == ["web", None]
+    assert re.fullmatch(r"node:\d+\.\d+\.\d+-bookworm-slim", df.resolved_base(df.stages[0]))
+    web_copies = {src for i in df.stages[0].instructions if i.keyword == "COPY" for src in copy_sources(i)[0]}
+    assert web_copies == {"smap-operation-server/web/package.json", "smap-operation-server/web/package-lock.json"}
+    assert any(i.keyword == "RUN" and "npm ci" in i.args for i in df.stages[0].instructions)
+    final = df.final
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", df.resolved_base(final))
+    sources = {src for i in final.instructions if i.keyword == "COPY" for src in copy_sources(i)[0]}
+    assert sources == {"docker/service-pins.txt", "pyproject.toml", "smap_shared", "smap-operation-server",
+                       "/web/node_modules"}
+    assert any(copy_sources(i)[2] and "--from=web" in i.args for i in final.instructions if i.keyword == "COPY")
+    assert DockerIgnore.read(REPO_ROOT / ".dockerignore").excluded("smap-operation-server/web/node_modules/x")
+    runs = " ".join(i.args for i in final.instructions if i.keyword == "RUN")
+    assert not re.search(r"apt-get|npm|node|gcc|pytest|torch|pytriton|calfkit", runs)
+    assert last_user(df) == "10001:10001"
