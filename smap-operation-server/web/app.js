@@ -150,14 +150,21 @@
   // Hits and misses against the simulator's labels, point by point over the window.
   function renderHits(o) {
     if (!o.ground_truth || !o.ground_truth.some((v) => v != null)) { $("hits").textContent = ""; return; }
-    let labelled = 0, hits = 0, falseAlarms = 0;
+    // a false alarm is a run of flagged points that touches no labelled point (telemanom's event-level FP)
+    let labelled = 0, hits = 0, outside = 0, falseAlarms = 0, inRun = false, runTouchesLabel = false;
+    const endRun = () => {
+      if (inRun && !runTouchesLabel) falseAlarms += 1;
+      inRun = false; runTouchesLabel = false;
+    };
     o.ground_truth.forEach((g, i) => {
       const d = o.detected[i];
-      if (g == null || d == null) return;
-      if (g) { labelled += 1; if (d) hits += 1; } else if (d) falseAlarms += 1;
+      if (g == null || d == null) { endRun(); return; }
+      if (g) { labelled += 1; if (d) hits += 1; } else if (d) outside += 1;
+      if (d) { inRun = true; if (g) runTouchesLabel = true; } else endRun();
     });
+    endRun();
     $("hits").textContent = `labelled points: ${hits} of ${labelled} detected (${labelled - hits} missed); ` +
-      `false alarms: ${falseAlarms}`;
+      `flagged outside labels: ${outside} points, ${falseAlarms} false alarm(s)`;
   }
 
   function setState(stateName) {

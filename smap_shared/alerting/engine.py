@@ -43,6 +43,9 @@ class LifecycleState:
     last_index: int | None = None  # the last frame applied (a repeat of it is ignored)
     last_notified_at: datetime | None = None  # the last firing notified (cooldown)
     notified: bool = False  # the current alert's firing was notified
+    #: per sensor, the largest reconstruction error since the alert opened: the frame that trips a detector
+    #: is often not the one that fires (N consecutive frames later), and its culprit must not be lost
+    peak: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,7 +53,7 @@ class LifecycleState:
             "since": None if self.since is None else self.since.isoformat(),
             "hits": [h.isoformat() for h in self.hits], "last_index": self.last_index,
             "last_notified_at": None if self.last_notified_at is None else self.last_notified_at.isoformat(),
-            "notified": self.notified,
+            "notified": self.notified, "peak": [list(p) for p in self.peak],
         }
 
     @classmethod
@@ -59,6 +62,7 @@ class LifecycleState:
             phase=d["phase"], streak=int(d["streak"]), clear=int(d["clear"]), since=_ts(d["since"]),
             hits=tuple(datetime.fromisoformat(h) for h in d["hits"]), last_index=d["last_index"],
             last_notified_at=_ts(d["last_notified_at"]), notified=bool(d["notified"]),
+            peak=tuple((str(k), float(v)) for k, v in d.get("peak", [])),
         )
 
 
@@ -82,15 +86,21 @@ class Transition:
     fired: bool = field(default=False)  # for a resolution: whether the alert had fired
 
 
-def top_sensors(result: InferenceResult, n: int) -> tuple[SensorContribution, ...]:
+def top_sensors(errors: Mapping[str, float], n: int) -> tuple[SensorContribution, ...]:
     """The n sensors with the largest reconstruction error (ties: lower sensor index first)."""
 
     def order(item: tuple[str, float]) -> tuple[float, int]:
         m = SENSOR_KEY.match(item[0])
         return (-item[1], int(m.group(1)) if m else 1 << 30)
 
-    ranked = sorted(result.sensor_error.items(), key=order)[:n]
+    ranked = sorted(errors.items(), key=order)[:n]
     return tuple(SensorContribution(id=k, error=v) for k, v in ranked)
+
+
+def merge_peak(peak: tuple[tuple[str, float], ...], errors: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    """Per sensor, the larger of the running peak and this frame's error (sensor order kept)."""
+    old = dict(peak)
+    return tuple((k, max(v, old.get(k, v))) for k, v in errors.items())
 
 
 def _hit(rule: AlertRule, result: InferenceResult, sensor: str | None) -> bool:
@@ -112,9 +122,13 @@ def _met(rule: AlertRule, st: LifecycleState, at: datetime) -> bool:
 
 
 def step(
-    rule: AlertRule, st: LifecycleState, result: InferenceResult, sensor: str | None
+    rule: AlertRule, st: LifecycleState, result: InferenceResult, sensor: str | None,
+    available: frozenset[str] | None = None,
 ) -> tuple[LifecycleState, list[Transition]]:
-    """One frame through one lifecycle: the new state and the transitions (0, 1 or 2: pending + firing)."""
+    """One frame through one lifecycle: the new state and the transitions (0, 1 or 2: pending + firing).
+    `available`: the channels configured in this deployment (None: all); a rule's other channels are ignored,
+    so an alert is never marked notified when nothing could be sent."""
+    channels = [c for c in rule.channels if available is None or c in available]
     if result.duplicate or st.last_index == result.index:
         return st, []  # a redelivered frame: already applied
     at = result.timestamp
@@ -134,35 +148,40 @@ def step(
             rule=rule, key=(rule.name, stream_key(result.stream_id, sensor)), stream_id=result.stream_id,
             satellite_id=result.satellite_id, entity=result.entity, sensor=sensor, from_state=frm,
             to_state=to, at=at, index=result.index, score=result.anomaly_score, started_at=st.since,
-            top_sensors=top_sensors(result, rule.top_sensors), notify=notify, message=message, fired=fired,
+            top_sensors=top_sensors(dict(st.peak), rule.top_sensors), notify=notify, message=message,
+            fired=fired,
         ))
 
     if st.phase == "idle":
         if not hit:
             return st, out
-        st = replace(st, phase="pending", streak=1, clear=0, since=at, notified=False)
+        st = replace(st, phase="pending", streak=1, clear=0, since=at, notified=False,
+                     peak=merge_peak((), result.sensor_error))
         emit(None, "pending", message=f"condition {cond.kind} started")
     elif st.phase == "pending":
         still = bool(st.hits) if isinstance(cond, DetectionsInWindow) else hit
         if not still:
             emit("pending", "resolved", message="condition cleared before firing")
-            return replace(st, phase="idle", streak=0, clear=0, since=None), out
-        st = replace(st, streak=st.streak + 1 if hit else st.streak)
+            return replace(st, phase="idle", streak=0, clear=0, since=None, peak=()), out
+        st = replace(st, streak=st.streak + 1 if hit else st.streak, peak=merge_peak(st.peak, result.sensor_error))
     else:  # firing
-        st = replace(st, streak=st.streak + 1 if hit else 0, clear=0 if hit else st.clear + 1)
+        st = replace(st, streak=st.streak + 1 if hit else 0, clear=0 if hit else st.clear + 1,
+                     peak=merge_peak(st.peak, result.sensor_error))
         if st.clear >= rule.resolve_after_frames:
-            notify = rule.notify_resolved and st.notified and bool(rule.channels)
+            notify = rule.notify_resolved and st.notified and bool(channels)
             emit("firing", "resolved", notify=notify, fired=True,
                  message=f"clear for {st.clear} frames")
-            return replace(st, phase="idle", streak=0, clear=0, since=None, notified=False), out
+            return replace(st, phase="idle", streak=0, clear=0, since=None, notified=False, peak=()), out
         return st, out
     if st.phase == "pending" and _met(rule, st, at):
         cooling = st.last_notified_at is not None and (
             (at - st.last_notified_at).total_seconds() < rule.cooldown_s)
-        notify = bool(rule.channels) and not cooling
+        notify = bool(channels) and not cooling
         if notify:
-            message = "notified: " + ", ".join(rule.channels)
-        elif not rule.channels:
+            message = "notified: " + ", ".join(channels)
+        elif rule.channels and not channels:
+            message = "not notified: none of its channels is configured (" + ", ".join(rule.channels) + ")"
+        elif not channels:
             message = "no notification channels"
         else:
             assert st.last_notified_at is not None
@@ -178,8 +197,9 @@ class Engine:
     """Every enabled rule over every result; the states (rule, stream key) -> LifecycleState are the
     caller's (persisted with the transitions); missing keys start idle."""
 
-    def __init__(self, rules: Sequence[AlertRule]) -> None:
+    def __init__(self, rules: Sequence[AlertRule], available: frozenset[str] | None = None) -> None:
         self.rules = [r for r in rules if r.enabled]
+        self.available = available  # configured channels; None: every channel a rule names
 
     def evaluate(
         self, result: InferenceResult, states: MutableMapping[LifecycleKey, LifecycleState]
@@ -192,7 +212,7 @@ class Engine:
             for sensor in rule.sensors_of(sensors):
                 key = (rule.name, stream_key(result.stream_id, sensor))
                 before = states.get(key, LifecycleState())
-                after, transitions = step(rule, before, result, sensor)
+                after, transitions = step(rule, before, result, sensor, self.available)
                 if after != before:
                     states[key] = after
                 out.extend(transitions)

@@ -132,7 +132,7 @@ class AlertConsumer:
     def __init__(self, settings: AlertManagerSettings, rules: RuleSet, store: AlertStore, renderer: Renderer,
                  outbox: Outbox, publisher: EventPublisher, stop: asyncio.Event) -> None:
         self.settings = settings
-        self.engine = Engine(rules.enabled)
+        self.engine = Engine(rules.enabled, frozenset(renderer.configured()))
         self.store = store
         self.renderer = renderer
         self.outbox = outbox

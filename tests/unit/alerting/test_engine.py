@@ -144,4 +144,34 @@ def test_scope_filters_streams_and_top_sensors_rank_by_error() -> None:
     assert engine.evaluate(result(0, True), states) == []
     out = engine.evaluate(result(0, True, errors=[0.2, 0.9, 0.2, 0.5], stream=("SAT-002", "D-1")), states)
     assert [s.id for s in out[-1].top_sensors] == ["sensor_1", "sensor_3", "sensor_0"]
-    assert [s.id for s in top_sensors(result(0, True, errors=[1.0, 2.0]), 5)] == ["sensor_1", "sensor_0"]
+    assert [s.id for s in top_sensors({"sensor_0": 1.0, "sensor_1": 2.0}, 5)] == ["sensor_1", "sensor_0"]
+
+
+def test_top_sensors_are_the_peaks_since_the_alert_opened() -> None:
+    # the frame that trips the detector (sensor_0 at 9.0) is two frames before the one that fires
+    engine, states = Engine([rule()]), {}  # type: ignore[var-annotated]
+    errors = [[9.0, 0.1, 0.2], [0.1, 0.5, 0.2], [0.1, 0.1, 0.7]]
+    out = [t for i, e in enumerate(errors) for t in engine.evaluate(result(i, True, errors=e), states)]
+    fired = out[-1]
+    assert fired.to_state == "firing"
+    assert [(s.id, s.error) for s in fired.top_sensors] == [
+        ("sensor_0", 9.0), ("sensor_2", 0.7), ("sensor_1", 0.5)]
+    # the peaks survive the round trip through the stored state, and a new alert starts from scratch
+    [st] = states.values()
+    assert LifecycleState.from_json(st.to_json()) == st
+    for i in range(3, 6):
+        engine.evaluate(result(i, False), states)
+    again = [t for i in range(6, 9) for t in engine.evaluate(result(i, True, errors=[0.1, 0.3, 0.2]), states)]
+    assert [s.id for s in again[-1].top_sensors] == ["sensor_1", "sensor_2", "sensor_0"]
+
+
+def test_only_configured_channels_count_as_notified() -> None:
+    r = rule(channels=["slack", "email"])
+    for available, notify, message in (
+        (frozenset(), False, "not notified: none of its channels is configured (slack, email)"),
+        (frozenset({"email"}), True, "notified: email"),
+        (None, True, "notified: slack, email"),
+    ):
+        engine, states = Engine([r], available), {}  # type: ignore[var-annotated]
+        fired = [t for i in range(3) for t in engine.evaluate(result(i, True), states)][-1]
+        assert (fired.to_state, fired.notify, fired.message) == ("firing", notify, message)
