@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import ChainMap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -67,6 +67,26 @@ def alert_metrics() -> AlertMetrics:
     return m
 
 
+async def seek_to_stored(consumer: AIOKafkaConsumer, assigned: Collection[TopicPartition],
+                         stored: Mapping[int, int]) -> None:
+    """Position each assigned partition at its next offset stored in PostgreSQL. A stored offset beyond the
+    partition's end means the topic was created anew (the in-memory dev broker restarted with start-smap.sh):
+    its records all come after what PostgreSQL saw, so it is read from its start, not from that offset
+    (which would wait silently until the new topic grew past it and skip everything before)."""
+    known = [tp for tp in assigned if tp.partition in stored]
+    if not known:
+        return
+    ends = await consumer.end_offsets(known)
+    for tp in known:
+        offset = stored[tp.partition]
+        if offset > ends[tp]:
+            log.warning("%s[%d]: stored offset %d is beyond the partition's end %d: the topic was recreated; "
+                        "reading it from the start", tp.topic, tp.partition, offset, ends[tp])
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+
+
 class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
     """On assignment, position each partition at the next offset recorded in PostgreSQL (partitions never
     applied keep the group's committed offset, else the earliest)."""
@@ -84,9 +104,7 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         stored = await self.store.load_offsets(self.group_id, self.topic)
-        for tp in assigned:
-            if tp.partition in stored:
-                self.consumer.seek(tp, stored[tp.partition])
+        await seek_to_stored(self.consumer, assigned, stored)
         self.on_assigned({tp.partition: stored.get(tp.partition) for tp in assigned})
         log.info("assigned %s; positions from PostgreSQL: %s", sorted(tp.partition for tp in assigned),
                  {p: o for p, o in stored.items() if any(tp.partition == p for tp in assigned)})
@@ -218,9 +236,7 @@ class AlertConsumer:
         self.states, self.open_alerts = await self.store.load_states()
         stored = await self.store.load_offsets(self.settings.alert_group_id, self.settings.results_topic)
         assignment = consumer.assignment()
-        for tp in assignment:
-            if tp.partition in stored:
-                consumer.seek(tp, stored[tp.partition])
+        await seek_to_stored(consumer, assignment, stored)
         self.believed = {tp.partition: stored.get(tp.partition) for tp in assignment}
 
     async def run(self) -> None:

@@ -165,3 +165,26 @@ def test_invalid_rules_stop_the_start_with_a_clear_message(tmp_path: Path) -> No
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert f"alert rules {bad} rejected" in proc.stderr and "rule #1 ('r').severity" in proc.stderr
+
+
+def test_a_recreated_results_topic_is_read_from_its_start(tmp_path: Path) -> None:
+    """start-smap.sh restarts the in-memory broker (a new, empty results topic) while PostgreSQL keeps the
+    offsets of the old one: the alert manager must read the new topic from its start, not wait at the old
+    offset and skip what came before it."""
+    with throwaway_database() as db, WebhookReceiver().running() as hook, smtp_server() as (smtp_port, _mails):
+        for run, n in enumerate((30, 10)):
+            with tansu(tmp_path) as bootstrap:
+                # one stream (one partition): the new topic's end (10) lies below the stored offset (30)
+                asyncio.run(produce(bootstrap, TOPIC, [
+                    (b"SAT-001/A-1", make_result("SAT-001", "A-1", i, 2 <= i < 8)) for i in range(n)]))
+                manager = AlertManager(alert_env(bootstrap, db, hook, smtp_port), tmp_path)
+                manager.start()
+                try:
+                    wait_until(lambda n=n: sum(o for (o,) in query(db, "SELECT next_offset FROM consumer_offsets"))
+                               == n, 60, f"run {run}: the {n} results applied", tmp_path)
+                    assert manager.metric('smap_alert_results_total{outcome="applied"}') == n
+                finally:
+                    assert manager.stop() == 0
+        # one alert per run: the second run's anomaly was seen, although its offsets lie below the stored ones
+        assert query(db, "SELECT count(*) FROM alerts WHERE fired_at IS NOT NULL") == [(2,)]
+        assert "the topic was recreated" in (tmp_path / "alert-manager.log").read_text()
