@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from base64 import b64encode
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,20 @@ def rabbit_api(method: str, path: str, body: object | None = None, port: int = 1
     req.add_header("content-type", "application/json")
     with urllib.request.urlopen(req, timeout=10):
         pass
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 15) -> None:
+    """SIGTERM to the process group (a clean shutdown), SIGKILL if it is still there after `grace_s`."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
 
 
 @dataclass
@@ -152,16 +167,7 @@ class Chain:
 
     def stop(self) -> None:
         for name in list(self.procs):
-            proc = self.procs.pop(name)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+            stop_process(self.procs.pop(name))
         if self.triton is not None:
             self.triton.stop()
         with contextlib.suppress(Exception):
@@ -178,3 +184,17 @@ class Chain:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}; logs in {self.logs}")
+
+
+@contextlib.contextmanager
+def running_chain(checkpoints: Path, entities: list[str], workdir: Path, redis_db: int = 13) -> Iterator[Chain]:
+    """The whole chain up (infrastructure, Triton, workers, trigger, consumer) for the body, then stopped.
+    Tests that run at the same time need distinct `redis_db`s (the models' stream state)."""
+    chain = Chain(checkpoints, entities, workdir, redis_db=redis_db)
+    try:
+        chain.start_infra()
+        chain.start_triton()
+        chain.start_services()
+        yield chain
+    finally:
+        chain.stop()

@@ -3,11 +3,9 @@ chain's flags, and the operation server itself run as supervisord runs it (smap-
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smap_shared.infra.chain import stop_process
 from smap_shared.infra.ports import free_port, wait_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,18 +24,6 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
     out = log.open("ab")
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env or dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 @dataclass
@@ -75,7 +62,7 @@ class Victoria:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            stop_process(self.proc)
             self.proc = None
 
 
@@ -124,5 +111,5 @@ class OperationServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            stop_process(self.proc)
             self.proc = None

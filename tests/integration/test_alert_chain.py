@@ -26,7 +26,7 @@ from alert_harness import (
 
 from smap_shared.alerting.rules import load_rules
 from smap_shared.data import VendoredSource
-from smap_shared.infra.chain import Chain
+from smap_shared.infra.chain import Chain, running_chain
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.scorer import Scorer
 from smap_shared.model.train import TrainConfig, train_entity
@@ -48,14 +48,8 @@ def deployed_a1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def chain(tmp_path: Path, deployed_a1: Path) -> Iterator[Chain]:
-    c = Chain(deployed_a1, [ENTITY], tmp_path, redis_db=11)
-    try:
-        c.start_infra()
-        c.start_triton()
-        c.start_services()
+    with running_chain(deployed_a1, [ENTITY], tmp_path, redis_db=11) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_a1_anomaly_fires_one_alert_notified_once(chain: Chain, deployed_a1: Path) -> None:

@@ -23,7 +23,7 @@ from kafka_io import produce, read_topic
 
 from smap_shared.data import VendoredSource
 from smap_shared.fleet import default_fleet, stream_id
-from smap_shared.infra.chain import Chain
+from smap_shared.infra.chain import Chain, running_chain
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.scorer import Scorer
 from smap_shared.schemas import DeadLetter, InferenceResult
@@ -63,14 +63,8 @@ def _vm_export(chain: Chain, match: str) -> list[dict[str, object]]:
 
 @pytest.fixture
 def chain(tmp_path: Path, quick_ckpt_dir: Path) -> Iterator[Chain]:
-    c = Chain(quick_ckpt_dir, ENTITIES, tmp_path)
-    try:
-        c.start_infra()
-        c.start_triton()
-        c.start_services()
+    with running_chain(quick_ckpt_dir, ENTITIES, tmp_path) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

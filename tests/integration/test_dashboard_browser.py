@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from kafka_io import produce
 
-from smap_shared.infra.chain import Chain
+from smap_shared.infra.chain import Chain, running_chain
 from smap_shared.operations.harness import OperationServer
 from smap_shared.schemas import AlertEvent, SensorContribution, utc_now
 
@@ -37,14 +37,8 @@ INTERVAL_S = 0.2  # 300 frames in 60 s: about 144 points at the 5-minute window'
 def chain(tmp_path: Path, quick_ckpt_dir: Path) -> Iterator[Chain]:
     # SMAP_DASHBOARD_CHECKPOINTS: fully trained checkpoints for the README's screenshot (quick ones detect little)
     ckpts = Path(os.environ.get("SMAP_DASHBOARD_CHECKPOINTS") or quick_ckpt_dir)
-    c = Chain(ckpts, ENTITIES, tmp_path, redis_db=10)
-    try:
-        c.start_infra()
-        c.start_triton()
-        c.start_services()
+    with running_chain(ckpts, ENTITIES, tmp_path, redis_db=10) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def alert_event() -> bytes:

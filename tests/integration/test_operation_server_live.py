@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from kafka_io import produce, read_topic
 
-from smap_shared.infra.chain import Chain
+from smap_shared.infra.chain import Chain, running_chain
 from smap_shared.operations.harness import OperationServer
 from smap_shared.schemas import AlertEvent, InferenceResult
 
@@ -31,14 +31,8 @@ START, STEPS = 4500, 40
 
 @pytest.fixture
 def chain(tmp_path: Path, quick_ckpt_dir: Path) -> Iterator[Chain]:
-    c = Chain(quick_ckpt_dir, ENTITIES, tmp_path, redis_db=10)
-    try:
-        c.start_infra()
-        c.start_triton()
-        c.start_services()
+    with running_chain(quick_ckpt_dir, ENTITIES, tmp_path, redis_db=10) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture
