@@ -120,5 +120,8 @@ class AlertManagerSettings(_Settings):
     alert_delivery_max_attempts: int = Field(default=50, ge=1)
     alert_delivery_workers: int = Field(default=2, ge=1, le=32)
     alert_batch_max: int = Field(default=500, ge=1)  # results applied per PostgreSQL transaction
+    #: A firing whose frame is older than this (wall clock) is recorded but not notified: a new database reads
+    #: the results topic from its start, and a week of retained results must not page anyone. 0 disables.
+    alert_notify_max_age_s: float = Field(default=3600.0, ge=0)
     kafka_fetch_max_wait_ms: int = 20
     metrics_port: int = 9306

@@ -123,11 +123,12 @@ def _met(rule: AlertRule, st: LifecycleState, at: datetime) -> bool:
 
 def step(
     rule: AlertRule, st: LifecycleState, result: InferenceResult, sensor: str | None,
-    available: frozenset[str] | None = None,
+    available: frozenset[str] | None = None, stale: bool = False,
 ) -> tuple[LifecycleState, list[Transition]]:
     """One frame through one lifecycle: the new state and the transitions (0, 1 or 2: pending + firing).
     `available`: the channels configured in this deployment (None: all); a rule's other channels are ignored,
-    so an alert is never marked notified when nothing could be sent."""
+    so an alert is never marked notified when nothing could be sent. `stale`: the frame is too old to page
+    anyone (a replay of retained results): the firing is recorded, not notified."""
     channels = [c for c in rule.channels if available is None or c in available]
     if result.duplicate or st.last_index == result.index:
         return st, []  # a redelivered frame: already applied
@@ -176,13 +177,15 @@ def step(
     if st.phase == "pending" and _met(rule, st, at):
         cooling = st.last_notified_at is not None and (
             (at - st.last_notified_at).total_seconds() < rule.cooldown_s)
-        notify = bool(channels) and not cooling
+        notify = bool(channels) and not cooling and not stale
         if notify:
             message = "notified: " + ", ".join(channels)
         elif rule.channels and not channels:
             message = "not notified: none of its channels is configured (" + ", ".join(rule.channels) + ")"
         elif not channels:
             message = "no notification channels"
+        elif stale:
+            message = "not notified: the frame is too old (a replay of retained results)"
         else:
             assert st.last_notified_at is not None
             until = st.last_notified_at + timedelta(seconds=rule.cooldown_s)
@@ -197,13 +200,20 @@ class Engine:
     """Every enabled rule over every result; the states (rule, stream key) -> LifecycleState are the
     caller's (persisted with the transitions); missing keys start idle."""
 
-    def __init__(self, rules: Sequence[AlertRule], available: frozenset[str] | None = None) -> None:
+    def __init__(self, rules: Sequence[AlertRule], available: frozenset[str] | None = None,
+                 notify_max_age_s: float = 0.0) -> None:
         self.rules = [r for r in rules if r.enabled]
         self.available = available  # configured channels; None: every channel a rule names
+        self.notify_max_age_s = notify_max_age_s  # 0: frames of any age may notify
 
     def evaluate(
-        self, result: InferenceResult, states: MutableMapping[LifecycleKey, LifecycleState]
+        self, result: InferenceResult, states: MutableMapping[LifecycleKey, LifecycleState],
+        now: datetime | None = None,
     ) -> list[Transition]:
+        """`now` (the wall clock, given by the caller so this stays pure) only decides whether a frame is too
+        old to notify; every lifecycle decision uses frame time."""
+        stale = (now is not None and self.notify_max_age_s > 0
+                 and (now - result.timestamp).total_seconds() > self.notify_max_age_s)
         out: list[Transition] = []
         sensors = list(result.sensor_error)
         for rule in self.rules:
@@ -212,7 +222,7 @@ class Engine:
             for sensor in rule.sensors_of(sensors):
                 key = (rule.name, stream_key(result.stream_id, sensor))
                 before = states.get(key, LifecycleState())
-                after, transitions = step(rule, before, result, sensor, self.available)
+                after, transitions = step(rule, before, result, sensor, self.available, stale)
                 if after != before:
                     states[key] = after
                 out.extend(transitions)

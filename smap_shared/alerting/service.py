@@ -32,7 +32,7 @@ from smap_shared.alerting.notifiers import Notifiers, Renderer
 from smap_shared.alerting.outbox import Outbox
 from smap_shared.alerting.rules import RuleSet, load_rules
 from smap_shared.alerting.store import AlertStore, AppliedBatch, OffsetConflictError, ensure_database, migrate
-from smap_shared.schemas import AlertEvent
+from smap_shared.schemas import AlertEvent, utc_now
 from smap_shared.settings import AlertManagerSettings
 from smap_shared.streaming.kafka import ContiguousFetcher, commit, settle, start_producer
 from smap_shared.streaming.validation import Invalid, validate_result
@@ -150,7 +150,7 @@ class AlertConsumer:
     def __init__(self, settings: AlertManagerSettings, rules: RuleSet, store: AlertStore, renderer: Renderer,
                  outbox: Outbox, publisher: EventPublisher, stop: asyncio.Event) -> None:
         self.settings = settings
-        self.engine = Engine(rules.enabled, frozenset(renderer.configured()))
+        self.engine = Engine(rules.enabled, frozenset(renderer.configured()), settings.alert_notify_max_age_s)
         self.store = store
         self.renderer = renderer
         self.outbox = outbox
@@ -213,7 +213,7 @@ class AlertConsumer:
                                 checked.reason)
                 else:
                     self.metrics.results.labels("applied").inc()
-                    transitions.extend(self.engine.evaluate(checked, view))
+                    transitions.extend(self.engine.evaluate(checked, view, utc_now()))
                 offsets[tp.partition] = (self.believed.get(tp.partition), record.offset + 1)
         applied = await self._apply(transitions, changed, offsets)
         if applied is None:

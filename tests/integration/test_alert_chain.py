@@ -66,7 +66,8 @@ def test_a1_anomaly_fires_one_alert_notified_once(chain: Chain, deployed_a1: Pat
     expected_top = [f"sensor_{k}" for k in order]
 
     with throwaway_database() as db, WebhookReceiver().running() as hook, smtp_server() as (smtp_port, mails):
-        env = alert_env(f"localhost:{chain.kafka_port}", db, hook, smtp_port)
+        # the chain's frames are stamped now: the default max notification age applies
+        env = alert_env(f"localhost:{chain.kafka_port}", db, hook, smtp_port, ALERT_NOTIFY_MAX_AGE_S="3600")
         manager = AlertManager({**chain.env(), **env}, chain.logs)
         manager.start()
         try:

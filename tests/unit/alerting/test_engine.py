@@ -175,3 +175,14 @@ def test_only_configured_channels_count_as_notified() -> None:
         engine, states = Engine([r], available), {}  # type: ignore[var-annotated]
         fired = [t for i in range(3) for t in engine.evaluate(result(i, True), states)][-1]
         assert (fired.to_state, fired.notify, fired.message) == ("firing", notify, message)
+
+
+def test_a_frame_too_old_fires_but_does_not_notify() -> None:
+    engine = Engine([rule()], notify_max_age_s=3600)
+    fired = {}
+    for now, label in ((T0 + timedelta(hours=2), "replay"), (T0 + 2 * STEP + timedelta(seconds=1), "live")):
+        states: dict[LifecycleKey, LifecycleState] = {}
+        fired[label] = [t for i in range(3) for t in engine.evaluate(result(i, True), states, now)][-1]
+    assert (fired["replay"].to_state, fired["replay"].notify) == ("firing", False)
+    assert "too old" in fired["replay"].message
+    assert (fired["live"].to_state, fired["live"].notify) == ("firing", True)
