@@ -33,13 +33,14 @@ from smap_shared.evaluation.report import PUBLISHED, render_markdown
 from smap_shared.evaluation.scoring import score_channel
 from smap_shared.evaluation.selection import GRID, oracle_counts, selection_report
 from smap_shared.model.rules import DEPLOYED_RULE as DEPLOYED
-from smap_shared.model.rules import DEPLOYED_RULE_NAME, CausalNdtRule, FixedRule, Rule, TrainPotRule
+from smap_shared.model.rules import DEPLOYED_RULE_NAME, HYBRID_RULE, CausalNdtRule, FixedRule, Rule, TrainPotRule
 
 #: The rules compared, in report order. All are fitted on train data only.
 RULES: dict[str, Rule] = {
     "fixed": FixedRule(),
     "train_pot": TrainPotRule(),
     "causal_ndt": CausalNdtRule(),
+    "causal_ndt_hybrid": HYBRID_RULE,  # deployed before causal_ndt_step
     DEPLOYED_RULE_NAME: DEPLOYED,
 }
 DEPLOYED_RULE = DEPLOYED_RULE_NAME
@@ -81,8 +82,8 @@ def evaluate_channel(
     fitted: dict[str, dict[str, Any]] = {}
     traces: dict[str, RuleTrace] = {}
     for name, rule in RULES.items():
-        r = rule.fit(sc.train.score, sc.train.sensor_error)
-        out = r.run(sc.test.score, sc.test.sensor_error)
+        r = rule.fit(sc.train.score, sc.train.sensor_error, data.train)
+        out = r.run(sc.test.score, sc.test.sensor_error, raw=data.test)
         metrics[name] = channel_metrics(out.detected, out.signal, sc.segments)
         fitted[name] = _summarise(r.to_dict())
         traces[name] = RuleTrace(out.signal, out.threshold, out.detected)
@@ -91,7 +92,8 @@ def evaluate_channel(
     if selection:
         grid = {}
         for name, rule in GRID.items():
-            out = rule.fit(sc.train.score, sc.train.sensor_error).run(sc.test.score, sc.test.sensor_error)
+            out = rule.fit(sc.train.score, sc.train.sensor_error, data.train).run(
+                sc.test.score, sc.test.sensor_error, raw=data.test)
             grid[name] = channel_metrics(out.detected, out.signal, sc.segments)
         dep = RULES[DEPLOYED_RULE]
         skip = dep.warmup if isinstance(dep, CausalNdtRule) else 0

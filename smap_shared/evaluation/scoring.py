@@ -80,4 +80,4 @@ def fit_deployed_rule(ckpt: Checkpoint, train_rows: Array, rule: Rule = DEPLOYED
     Store `fit_deployed_rule(...).to_dict()` with the model (checkpoint meta or model config) and rebuild it
     with `rules.rule_from_dict`; each stream then starts from `rule.initial_state()`."""
     out = Scorer(ckpt).run(train_rows)
-    return rule.fit(out.anomaly_score, out.sensor_error)
+    return rule.fit(out.anomaly_score, out.sensor_error, train_rows)

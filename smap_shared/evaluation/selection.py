@@ -1,7 +1,8 @@
 """How much of a rule's score is owed to choosing it on the test labels.
 
-The causal rule's extra options (`cap_flagged`, `or_margin`, `hold`) were picked by looking at the test
-results of all channels, which is tuning on test. Two diagnostics make the cost of that visible:
+The causal rule's extra options (`cap_flagged`, `or_margin`, `hold`, `persist`, `step_factor`) were picked
+by looking at the test results of all channels, which is tuning on test. Two diagnostics make the
+cost of that visible:
 
 * cross-channel 2-fold selection: the channels are split in two halves (alternating in the sorted order);
   the grid variant with the best event F1 + point-wise F1 on one half is scored on the other half, and
@@ -34,12 +35,19 @@ from smap_shared.model.rules import CausalNdtRule
 
 Array = npt.NDArray[np.float64]
 
-#: Variants of the causal rule searched over (telemanom defaults plus the three options).
+#: Variants of the causal rule searched over: telemanom's defaults plus the window/level options, then the
+#: persistence of the relative alarm and the raw-value step alarm on top of cap=1, or=2, hold=100.
 GRID: dict[str, CausalNdtRule] = {
     f"cap={int(c)},or={o:g},hold={h}": replace(CausalNdtRule(), cap_flagged=c, or_margin=o, hold=h)
     for c in (False, True)
     for o in (0.0, 1.5, 2.0, 3.0, 4.0)
     for h in (100, 250)
+} | {
+    f"cap=1,or=2,hold=100,persist={p},step={s:g}": replace(
+        CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=p, step_factor=s)
+    for p in (1, 10, 30)
+    for s in (0.0, 1.5, 2.0)
+    if (p, s) != (1, 0.0)
 }
 
 

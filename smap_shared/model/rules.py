@@ -23,6 +23,10 @@ the offline evaluation and a stream agree by construction (see the tests).
   window at the threshold's height (so a long anomaly does not raise the threshold over itself), and
   `or_margin` also alarms whenever the smoothed error exceeds `or_margin` times the largest smoothed error
   of the train split (a level never seen in training, which the relative rule adapts to and forgets).
+  `persist` makes the relative alarm wait for that many consecutive exceedances (brief excursions of the
+  error are the main source of false alarms), and `step_factor` adds an alarm on the raw telemetry value:
+  a step |x[t] - x[t-1]| larger than `step_factor` times the largest step of the train split (a jump the
+  model's smoothed error reacts to late or not at all).
 """
 
 from __future__ import annotations
@@ -53,8 +57,9 @@ class Rule(ABC):
     kind: ClassVar[str]
 
     @abstractmethod
-    def fit(self, train_scores: Array, train_errors: Array) -> Rule:
-        """A copy fitted on the train split: scores (T,) and per-sensor squared errors (T, n)."""
+    def fit(self, train_scores: Array, train_errors: Array, train_raw: Array | None = None) -> Rule:
+        """A copy fitted on the train split: scores (T,), per-sensor squared errors (T, n) and, for rules that
+        watch the telemetry itself, the raw input rows (T, n)."""
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]: ...
@@ -63,17 +68,19 @@ class Rule(ABC):
         return np.zeros(0, dtype=np.float64)
 
     @abstractmethod
-    def step(self, state: Array, score: float, sensor_error: Array) -> tuple[bool, float, float]:
-        """One step: updates `state` in place, returns (detected, threshold, signal)."""
+    def step(self, state: Array, score: float, sensor_error: Array, raw: Array | None = None
+             ) -> tuple[bool, float, float]:
+        """One step: updates `state` in place, returns (detected, threshold, signal). `raw`: the input row
+        before normalisation (the rules that do not watch the telemetry itself ignore it)."""
 
-    def run(self, scores: Array, errors: Array, state: Array | None = None) -> RuleRun:
+    def run(self, scores: Array, errors: Array, state: Array | None = None, raw: Array | None = None) -> RuleRun:
         st = self.initial_state() if state is None else np.array(state, dtype=np.float64)
         n = len(scores)
         det = np.zeros(n, dtype=bool)
         thr = np.zeros(n)
         sig = np.zeros(n)
         for t in range(n):
-            det[t], thr[t], sig[t] = self.step(st, float(scores[t]), errors[t])
+            det[t], thr[t], sig[t] = self.step(st, float(scores[t]), errors[t], None if raw is None else raw[t])
         return RuleRun(det, thr, sig, st)
 
 
@@ -82,16 +89,17 @@ class FixedRule(Rule):
     kind: ClassVar[str] = "fixed"
     threshold: float = SPEC_FIXED_THRESHOLD
 
-    def fit(self, train_scores: Array, train_errors: Array) -> FixedRule:
+    def fit(self, train_scores: Array, train_errors: Array, train_raw: Array | None = None) -> FixedRule:
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "threshold": self.threshold}
 
-    def step(self, state: Array, score: float, sensor_error: Array) -> tuple[bool, float, float]:
+    def step(self, state: Array, score: float, sensor_error: Array, raw: Array | None = None
+             ) -> tuple[bool, float, float]:
         return score > self.threshold, self.threshold, score
 
-    def run(self, scores: Array, errors: Array, state: Array | None = None) -> RuleRun:
+    def run(self, scores: Array, errors: Array, state: Array | None = None, raw: Array | None = None) -> RuleRun:
         s = np.asarray(scores, dtype=np.float64)
         return RuleRun(s > self.threshold, np.full(s.shape, self.threshold), s, self.initial_state())
 
@@ -104,23 +112,24 @@ class TrainPotRule(Rule):
     threshold: float = math.inf  # set by fit
     method: str = ""
 
-    def fit(self, train_scores: Array, train_errors: Array) -> TrainPotRule:
+    def fit(self, train_scores: Array, train_errors: Array, train_raw: Array | None = None) -> TrainPotRule:
         f = pot_threshold(train_scores, risk=self.risk, init_quantile=self.init_quantile)
         return TrainPotRule(self.risk, self.init_quantile, f.value, f.method)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}
 
-    def step(self, state: Array, score: float, sensor_error: Array) -> tuple[bool, float, float]:
+    def step(self, state: Array, score: float, sensor_error: Array, raw: Array | None = None
+             ) -> tuple[bool, float, float]:
         return score > self.threshold, self.threshold, score
 
-    def run(self, scores: Array, errors: Array, state: Array | None = None) -> RuleRun:
+    def run(self, scores: Array, errors: Array, state: Array | None = None, raw: Array | None = None) -> RuleRun:
         s = np.asarray(scores, dtype=np.float64)
         return RuleRun(s > self.threshold, np.full(s.shape, self.threshold), s, self.initial_state())
 
 
 # State layout of CausalNdtRule: a header, then the ring of past smoothed errors.
-_EWMA, _COUNT, _EPS, _NORMAL_MAX, _POS, _FILLED, _HOLD, _SEEN, _HEADER = range(9)
+_EWMA, _COUNT, _EPS, _NORMAL_MAX, _POS, _FILLED, _HOLD, _SEEN, _RUN, _PREV, _HEADER = range(11)
 
 
 @dataclass(frozen=True)
@@ -143,8 +152,11 @@ class CausalNdtRule(Rule):
     min_error: float = 0.0  # the threshold never goes below this
     cap_flagged: bool = False
     or_margin: float = 0.0  # 0 disables the train-level alarm
+    persist: int = 1  # the relative alarm needs this many consecutive steps above the threshold
+    step_factor: float = 0.0  # > 0: also alarm on a raw value step > step_factor x the largest train step
     # Fitted per entity from the train split:
     train_max: float = 0.0  # largest smoothed train error
+    train_max_step: float = -1.0  # largest |x[t] - x[t-1]| of the watched raw value; < 0: not fitted
     initial: tuple[float, ...] = field(default=(), repr=False)  # last `window` smoothed train errors
 
     def signal_of(self, score: float, sensor_error: Array) -> float:
@@ -159,13 +171,25 @@ class CausalNdtRule(Rule):
             out[i] = m
         return out
 
-    def fit(self, train_scores: Array, train_errors: Array) -> CausalNdtRule:
+    @property
+    def value_column(self) -> int:
+        """The raw column whose steps the step alarm watches (the telemetry value, also for column -1)."""
+        return max(self.column, 0)
+
+    def fit(self, train_scores: Array, train_errors: Array, train_raw: Array | None = None) -> CausalNdtRule:
         sm = self.smoothed(np.asarray(train_scores), np.asarray(train_errors))
         tail = sm[-self.window :]
         # the train split is scored as a stream from a zero state too: its first `warmup` steps carry the
         # same start-up transient that a stream never alarms on, so they do not set the train level
         settled = sm[self.warmup :] if sm.size > self.warmup else sm
-        return replace(self, initial=tuple(float(x) for x in tail), train_max=float(settled.max()))
+        max_step = -1.0
+        if self.step_factor > 0:
+            if train_raw is None:
+                raise ValueError("a step alarm (step_factor > 0) is fitted from the train split's raw rows")
+            col = np.asarray(train_raw, dtype=np.float64)[:, self.value_column]
+            max_step = float(np.abs(np.diff(col)).max()) if col.size > 1 else 0.0
+        return replace(self, initial=tuple(float(x) for x in tail), train_max=float(settled.max()),
+                       train_max_step=max_step)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind}
@@ -183,6 +207,7 @@ class CausalNdtRule(Rule):
         st[_EWMA] = init[-1] if init.size else math.nan
         st[_EPS] = math.inf
         st[_NORMAL_MAX] = 0.0
+        st[_PREV] = math.nan  # no previous raw value yet: a stream's first step counts as no step
         return st
 
     def epsilon(self, w: Array) -> tuple[float, float]:
@@ -224,7 +249,21 @@ class CausalNdtRule(Rule):
         pos = int(state[_POS])
         return np.concatenate((ring[pos:], ring[:pos]))
 
-    def step(self, state: Array, score: float, sensor_error: Array) -> tuple[bool, float, float]:
+    def _step_alarm(self, state: Array, raw: Array | None) -> bool:
+        """A step of the raw value larger than `step_factor` x any step seen in the train split (a level
+        jump the model's smoothed error reacts to late or not at all)."""
+        if self.step_factor <= 0 or self.train_max_step < 0 or raw is None:
+            return False
+        v = float(raw[self.value_column])
+        prev = float(state[_PREV])
+        state[_PREV] = v
+        if math.isnan(prev):
+            return False
+        step = abs(v - prev)
+        return step > self.step_factor * self.train_max_step if self.train_max_step > 0 else step > 0.0
+
+    def step(self, state: Array, score: float, sensor_error: Array, raw: Array | None = None
+             ) -> tuple[bool, float, float]:
         x = self.signal_of(score, sensor_error)
         m = x if math.isnan(state[_EWMA]) else self.alpha * x + (1.0 - self.alpha) * state[_EWMA]
         state[_EWMA] = m
@@ -234,7 +273,12 @@ class CausalNdtRule(Rule):
                 state[_EPS], state[_NORMAL_MAX] = self.epsilon(w)
         relative = max(state[_EPS], state[_NORMAL_MAX] / (1.0 - self.prune), self.min_error)
         threshold = min(relative, self.or_margin * self.train_max) if self.or_margin > 0 else relative
-        exceeded = m > threshold and state[_SEEN] >= self.warmup
+        # the relative alarm must persist; the train-level one (a level never seen in training) fires at once
+        state[_RUN] = state[_RUN] + 1 if m > relative else 0
+        fired = (state[_RUN] >= max(self.persist, 1)
+                 or (self.or_margin > 0 and m > self.or_margin * self.train_max))
+        fired = self._step_alarm(state, raw) or fired
+        exceeded = fired and state[_SEEN] >= self.warmup
         state[_SEEN] += 1
         if exceeded:
             state[_HOLD] = self.hold + 1
@@ -251,8 +295,12 @@ class CausalNdtRule(Rule):
 
 
 #: The rule the deployed models use (chosen as the report's "How the deployed rule was chosen" says).
-DEPLOYED_RULE_NAME = "causal_ndt_hybrid"
-DEPLOYED_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0)
+DEPLOYED_RULE_NAME = "causal_ndt_step"
+DEPLOYED_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5)
+#: Parameters a rule's `fit` sets from the train split (the others are its settings).
+FITTED_RULE_FIELDS = frozenset({"train_max", "train_max_step", "initial", "threshold", "method"})
+#: The previous deployed rule, kept in the evaluation for comparison.
+HYBRID_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0)
 
 RULE_KINDS: dict[str, type[Rule]] = {r.kind: r for r in (FixedRule, TrainPotRule, CausalNdtRule)}
 
@@ -276,6 +324,6 @@ class RuleStream:
         self.rule = rule
         self.state = rule.initial_state() if state is None else np.array(state, dtype=np.float64)
 
-    def update(self, score: float, sensor_error: Array) -> tuple[bool, float]:
-        detected, threshold, _ = self.rule.step(self.state, score, sensor_error)
+    def update(self, score: float, sensor_error: Array, raw: Array | None = None) -> tuple[bool, float]:
+        detected, threshold, _ = self.rule.step(self.state, score, sensor_error, raw)
         return detected, threshold

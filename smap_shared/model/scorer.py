@@ -66,12 +66,14 @@ class Scorer:
     def initial_state(self) -> Array:
         return np.concatenate((self.net.initial_state().ravel(), self.rule.initial_state()))
 
-    def decide(self, z: Array, recon: Array, state: Array, new_hidden: Array) -> tuple[StepOutput, Array]:
-        """Error, score and the rule's decision for one step; returns the output and the new state."""
+    def decide(self, z: Array, recon: Array, state: Array, new_hidden: Array, x_raw: Array
+               ) -> tuple[StepOutput, Array]:
+        """Error, score and the rule's decision for one step; returns the output and the new state.
+        x_raw: the checked input row in raw units (the rule may watch the telemetry value itself)."""
         err = (z - recon) ** 2
         score = float(err.mean())
         rule_state = state[HIDDEN_SIZE:].copy()
-        detected, threshold, signal = self.rule.step(rule_state, score, err)
+        detected, threshold, signal = self.rule.step(rule_state, score, err, x_raw)
         out = StepOutput(
             reconstruction=self.norm.inverse(recon), sensor_error=err, anomaly_score=score,
             anomaly_detected=detected, threshold=threshold, detector_signal=float(signal),
@@ -93,7 +95,7 @@ class Scorer:
         z = self.norm.transform(x)
         hidden = state[:HIDDEN_SIZE].reshape(N_LAYERS, N_HIDDEN)
         recon, _mu, new_hidden = self.net.step(z, hidden)
-        return self.decide(z, recon, state, new_hidden)
+        return self.decide(z, recon, state, new_hidden, x)
 
     def run(self, seq_raw: Array, state: Array | None = None) -> SequenceOutput:
         """Score a sequence step by step from `state` (zeros by default): the offline reference."""

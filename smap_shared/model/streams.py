@@ -89,6 +89,13 @@ class StreamRegistry:
         self.store: StateStore = store or NullStore()
         self.history = history
         self.streams: dict[str, StreamState] = self.store.load_all()
+        # a state saved by another model version (a different decision rule's memory) would be misread:
+        # those streams start over
+        expected = scorer.initial_state().shape
+        for sid in [s for s, st in self.streams.items() if st.hidden.shape != expected]:
+            log.warning("stream %s: stored state has shape %s, this model's is %s: starting it over",
+                        sid, self.streams[sid].hidden.shape, expected)
+            del self.streams[sid]
         if self.streams:
             log.info("restored %d stream states", len(self.streams))
 

@@ -28,10 +28,11 @@ class TorchScorer(Scorer):
 
     def step(self, x_raw: Array, state: Array) -> tuple[StepOutput, Array]:
         torch = self.torch
-        z = self.norm.transform(self.check_input(x_raw))
+        x = self.check_input(x_raw)
+        z = self.norm.transform(x)
         with torch.no_grad():
             xt = torch.from_numpy(z).to(self.device).view(1, 1, -1)
             h = torch.from_numpy(np.ascontiguousarray(state[:HIDDEN_SIZE])).to(self.device).view(2, 1, -1)
             recon_t, _, _, h_new = self.model(xt, h)
         recon: Array = recon_t.view(-1).cpu().numpy()
-        return self.decide(z, recon, state, h_new.view(-1).cpu().numpy())
+        return self.decide(z, recon, state, h_new.view(-1).cpu().numpy(), x)

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from smap_shared.data import ChannelData, DataSource, default_source
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.normalization import Normalizer
-from smap_shared.model.rules import DEPLOYED_RULE, DEPLOYED_RULE_NAME
+from smap_shared.model.rules import DEPLOYED_RULE, DEPLOYED_RULE_NAME, FITTED_RULE_FIELDS
 from smap_shared.model.threshold import pot_threshold
 
 Array = npt.NDArray[np.float64]
@@ -103,7 +103,7 @@ def train_entity(data: ChannelData, cfg: TrainConfig) -> Checkpoint:
     train_scores = train_errors.mean(axis=1)
     fit = pot_threshold(train_scores, risk=cfg.pot_risk, init_quantile=cfg.pot_init_quantile)
     # The deployed decision rule, fitted on the train split scored as a stream (as Scorer.run would).
-    rule = DEPLOYED_RULE.fit(train_scores, train_errors)
+    rule = DEPLOYED_RULE.fit(train_scores, train_errors, data.train)
     meta = {
         "entity": data.channel,
         "n_sensors": data.n_sensors,
@@ -179,6 +179,21 @@ def train_many(
     return times
 
 
+def up_to_date(path: Path) -> bool:
+    """A checkpoint exists and carries the deployed decision rule, fitted as now (the rule's options are
+    part of the checkpoint: one fitted with an older deployed rule must be trained again)."""
+    if not path.exists():
+        return False
+    try:
+        meta = Checkpoint.load(path).meta
+    except Exception:  # unreadable: train it again
+        return False
+    rule = meta.get("decision_rule") or {}
+    settings = {k: v for k, v in DEPLOYED_RULE.to_dict().items() if k not in FITTED_RULE_FIELDS}
+    return bool(meta.get("decision_rule_name") == DEPLOYED_RULE_NAME
+                and all(rule.get(k) == v for k, v in settings.items()))
+
+
 def resolve_channels(args: argparse.Namespace, source: DataSource) -> list[str]:
     from smap_shared.fleet import load_fleet
 
@@ -203,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir", type=Path, default=os.environ.get("SMAP_DATA_DIR") or None,
                     help="official telemanom layout; default: the vendored copy")
     ap.add_argument("--fleet", type=Path, default=None)
-    ap.add_argument("--missing-only", action="store_true", help="skip entities whose checkpoint exists")
+    ap.add_argument("--missing-only", action="store_true",
+                    help="skip entities whose checkpoint exists and carries the deployed decision rule")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--seed", type=int, default=TrainConfig.seed)
     ap.add_argument("--jobs", type=int, default=None)
@@ -211,9 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     source = default_source(args.data_dir)
     channels = resolve_channels(args, source)
     if args.missing_only:
-        channels = [c for c in channels if not (args.out / f"{c}.ckpt").exists()]
+        channels = [c for c in channels if not up_to_date(args.out / f"{c}.ckpt")]
     if not channels:
-        print("nothing to train: all checkpoints exist")
+        print("nothing to train: all checkpoints exist and carry the deployed decision rule")
         return
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
     t0 = time.perf_counter()

@@ -84,5 +84,5 @@ def test_fit_deployed_rule_uses_the_train_split_as_a_stream(ckpt_dir: Path) -> N
     ckpt = Checkpoint.load(ckpt_dir / f"{CHANNEL}.ckpt")
     rule = fit_deployed_rule(ckpt, data.train)
     train = Scorer(ckpt).run(data.train)
-    assert rule == DEPLOYED_RULE.fit(train.anomaly_score, train.sensor_error)
+    assert rule == DEPLOYED_RULE.fit(train.anomaly_score, train.sensor_error, data.train)
     assert rule_from_dict(json.loads(json.dumps(rule.to_dict()))) == rule

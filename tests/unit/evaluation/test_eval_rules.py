@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -120,3 +121,62 @@ def test_score_column_and_from_dict_validation() -> None:
         rule_from_dict({"kind": "causal_ndt", "bogus": 1})
     st = rule.initial_state()
     assert st.dtype == np.float64 and st.ndim == 1
+
+
+def test_persist_waits_for_consecutive_exceedances() -> None:
+    tr_s, tr_e = synthetic(1000, 12)
+    # a 20-step excursion and a 200-step anomaly of the same height
+    te_s, te_e = synthetic(2500, 13, bursts=((800, 820), (1500, 1700)))
+    base = CausalNdtRule(window=300, stride=20, buffer=10, hold=0, warmup=0)
+    eager = base.fit(tr_s, tr_e).run(te_s, te_e)
+    patient = replace(base, persist=40).fit(tr_s, tr_e).run(te_s, te_e)
+    assert eager.detected[800:830].any() and eager.detected[1500:1700].any()
+    assert not patient.detected[:1500].any()  # the brief excursion never lasted 40 steps
+    first = int(np.flatnonzero(patient.detected)[0])
+    assert first == int(np.flatnonzero(eager.detected[1500:])[0]) + 1500 + 39  # the 40th exceedance in a row
+    np.testing.assert_array_equal(eager.threshold, patient.threshold)  # persistence changes no threshold
+
+
+def test_step_alarm_fires_on_a_value_jump_larger_than_any_in_training() -> None:
+    n = 600
+    tr_s, tr_e = synthetic(n, 14)
+    te_s, te_e = synthetic(n, 15)
+    train_raw = np.zeros((n, 3))
+    train_raw[:, 0] = np.where(np.arange(n) % 50 < 25, 0.0, 0.5)  # steps of 0.5 are normal
+    test_raw = np.zeros((n, 3))
+    test_raw[:, 0] = np.where(np.arange(n) % 50 < 25, 0.0, 0.5)
+    test_raw[400:, 0] = 1.3  # a jump of 0.8 (> 1.5 x 0.5) at 400 (the model's error did not move)
+    rule = CausalNdtRule(window=200, stride=10, buffer=5, hold=3, warmup=0, step_factor=1.5).fit(
+        tr_s, tr_e, train_raw)
+    assert rule.train_max_step == 0.5
+    out = rule.run(te_s, te_e, raw=test_raw)
+    assert np.flatnonzero(out.detected).tolist() == [400, 401, 402, 403]  # fired at the jump, held 3 steps
+    without = rule.run(te_s, te_e)  # no raw rows: no step alarm
+    assert not without.detected.any()
+    # a stream agrees with the offline run, also across a save/restore of its state
+    stream = RuleStream(rule)
+    got = [stream.update(float(te_s[t]), te_e[t], test_raw[t])[0] for t in range(n)]
+    assert got == out.detected.tolist()
+    with pytest.raises(ValueError, match="raw rows"):
+        CausalNdtRule(step_factor=1.5).fit(tr_s, tr_e)
+
+
+def test_a_constant_train_value_makes_any_step_news() -> None:
+    tr_s, tr_e = synthetic(300, 16)
+    te_s, te_e = synthetic(300, 17)
+    raw = np.ones((300, 2))
+    rule = CausalNdtRule(window=100, stride=10, buffer=5, hold=0, warmup=0, step_factor=1.5).fit(tr_s, tr_e, raw)
+    assert rule.train_max_step == 0.0
+    test_raw = np.ones((300, 2))
+    test_raw[200, 0] = 0.999
+    assert np.flatnonzero(rule.run(te_s, te_e, raw=test_raw).detected).tolist() == [200, 201]
+
+
+def test_older_rule_dicts_behave_as_before() -> None:
+    tr_s, tr_e = synthetic(1000, 1)
+    te_s, te_e = synthetic(1500, 2, bursts=((800, 900),))
+    fitted = SMALL.fit(tr_s, tr_e)
+    old = {k: v for k, v in fitted.to_dict().items() if k not in ("persist", "step_factor", "train_max_step")}
+    again = rule_from_dict(json.loads(json.dumps(old)))
+    assert again == fitted
+    np.testing.assert_array_equal(again.run(te_s, te_e).detected, fitted.run(te_s, te_e).detected)

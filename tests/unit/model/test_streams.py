@@ -101,6 +101,20 @@ def test_restore_from_store_resumes_exactly(a1_ckpt: Checkpoint, seq: np.ndarray
     np.testing.assert_allclose(tail, Scorer(a1_ckpt).run(seq).anomaly_score[20:], atol=1e-12)
 
 
+def test_a_state_of_another_model_version_starts_over(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+    store = MemoryStore()
+    reg = StreamRegistry(Scorer(a1_ckpt), store)
+    for i, row in enumerate(seq[:5]):
+        reg.step(row, "s", i)
+    old = store.saved["s"]
+    store.saved["s"] = StreamState(hidden=old.hidden[:-2], last_index=old.last_index, steps=old.steps)
+    restarted = StreamRegistry(Scorer(a1_ckpt), store)
+    assert "s" not in restarted.streams
+    # the stream starts from the initial state: its next frames score as a fresh run
+    fresh = [restarted.step(row, "s", 5 + i).output.anomaly_score for i, row in enumerate(seq[5:10])]
+    np.testing.assert_allclose(fresh, Scorer(a1_ckpt).run(seq[5:10]).anomaly_score, atol=1e-12)
+
+
 def test_no_stream_id_means_one_default_stream(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
     reg = StreamRegistry(Scorer(a1_ckpt))
     scores = [reg.step(row).output.anomaly_score for row in seq[:5]]
