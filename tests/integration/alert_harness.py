@@ -29,7 +29,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from smap_shared.alerting.store import drop_database, ensure_database
-from smap_shared.infra.chain import REPO_ROOT, tansu_binary
+from smap_shared.infra.chain import spawn, tansu_command
 from smap_shared.infra.ports import free_port, wait_port
 from smap_shared.schemas import InferenceResult
 
@@ -54,11 +54,7 @@ def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
 @contextlib.contextmanager
 def tansu(logs: Path) -> Iterator[str]:
     port = free_port()
-    log = (logs / "tansu.log").open("ab")
-    proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-         "--advertised-listener-url", f"tcp://localhost:{port}", "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = spawn(tansu_command(port), logs / "tansu.log")
     try:
         assert wait_port(port, timeout=30), "tansu did not open its port"
         yield f"localhost:{port}"
@@ -156,12 +152,9 @@ class AlertManager:
     metrics_port: int = field(default_factory=free_port)
 
     def start(self) -> None:
-        log = (self.logs / "alert-manager.log").open("ab")
         env = {**self.env, "ALERT_API_HOST": "127.0.0.1", "ALERT_API_PORT": str(self.api_port),
                "METRICS_PORT": str(self.metrics_port)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "smap-alert-manager/main.py"], cwd=REPO_ROOT, env=env, stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = spawn([sys.executable, "smap-alert-manager/main.py"], self.logs / "alert-manager.log", env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"alert manager exited {self.proc.returncode}; see {self.logs}"

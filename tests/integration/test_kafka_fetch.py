@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from smap_shared.infra.chain import tansu_binary
+from smap_shared.infra.chain import tansu_command
 from smap_shared.infra.ports import free_port, wait_port
 from smap_shared.streaming.kafka import ContiguousFetcher
 
@@ -23,11 +23,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def broker() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-         "--advertised-listener-url", f"tcp://localhost:{port}", "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen(tansu_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_port(port, timeout=30)
         yield f"localhost:{port}"
