@@ -1,11 +1,12 @@
-"""Kafka helpers the integration tests share: produce records with acks, read a topic from the start."""
+"""Kafka helpers the integration tests share: produce records with acks, read a topic from the start, a
+group's committed offsets against the partitions' ends."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from smap_shared.streaming.kafka import ContiguousFetcher
 
@@ -44,3 +45,19 @@ async def read_topic(
     finally:
         await consumer.stop()
     return out
+
+
+async def committed_and_end(bootstrap: str, topic: str, group: str
+                            ) -> tuple[dict[int, int | None], dict[int, int]]:
+    """Per partition of `topic`: the offset `group` committed (None: nothing) and the partition's end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        parts = sorted(consumer._client.cluster.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in parts]
+        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
+        end = {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+    return committed, end

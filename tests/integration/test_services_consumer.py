@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from kafka_io import produce
+from aiokafka import AIOKafkaConsumer
+from kafka_io import committed_and_end, produce
 
 from smap_shared.schemas import DeadLetter, InferenceResult
 from smap_shared.settings import ConsumerSettings
@@ -53,20 +53,6 @@ def _settings(run: str, **kw: Any) -> ConsumerSettings:
         "consumer_flush_interval_s": 0.1,
     }
     return ConsumerSettings(**{**fields, **kw})
-
-
-async def _committed_and_end(topic: str, group: str) -> tuple[dict[int, int | None], dict[int, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        parts = sorted(consumer._client.cluster.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in parts]
-        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
-        end = {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
-    return committed, end
 
 
 def _export(sat: str) -> dict[tuple[str, str], tuple[list[float], list[int]]]:
@@ -127,7 +113,7 @@ def test_consumer_writes_exact_values_and_dead_letters_invalid_results() -> None
         assert series[("smap_sensor_ground_truth", "sensor_1")] == ([0, 1, 1], ts)
         assert len(series) == SERIES_PER_RESULT
 
-        committed, end = await _committed_and_end(settings.results_topic, settings.consumer_group_id)
+        committed, end = await committed_and_end(BOOTSTRAP, settings.results_topic, settings.consumer_group_id)
         assert sum(end.values()) == 4
         assert {p: committed[p] or 0 for p in end} == end
 
@@ -165,7 +151,7 @@ def test_consumer_keeps_the_batch_uncommitted_while_victoriametrics_is_down() ->
             while failures._value.get() < before + 3 and loop.time() < deadline:
                 await asyncio.sleep(0.1)
             assert failures._value.get() >= before + 3  # retried with backoff
-            committed, _ = await _committed_and_end(settings.results_topic, settings.consumer_group_id)
+            committed, _ = await committed_and_end(BOOTSTRAP, settings.results_topic, settings.consumer_group_id)
             assert not any(committed.values())
             assert await asyncio.to_thread(_export, sat) == {}
 
@@ -175,7 +161,7 @@ def test_consumer_keeps_the_batch_uncommitted_while_victoriametrics_is_down() ->
             stats = await asyncio.wait_for(consumer, 15)
         assert stats.lines_written == 2 * SERIES_PER_RESULT
         assert series[("smap_anomaly_score", "")][0] == [10.0, 10.125]
-        committed, end = await _committed_and_end(settings.results_topic, settings.consumer_group_id)
+        committed, end = await committed_and_end(BOOTSTRAP, settings.results_topic, settings.consumer_group_id)
         assert sum(end.values()) == 2
         assert {p: committed[p] or 0 for p in end} == end
 

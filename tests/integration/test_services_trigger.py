@@ -13,8 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from kafka_io import produce, read_topic
+from kafka_io import committed_and_end, produce, read_topic
 from kombu.connection import Connection
 
 from smap_shared.routing import TASK_NAME, queue_for, queue_name
@@ -37,24 +36,6 @@ def _frame(sat: str, entity: str, index: int, n: int = 25) -> dict[str, Any]:
         sensors={k: index + i / 100 for i, k in enumerate(keys)}, ground_truth_labels=dict.fromkeys(keys, 0),
     )
     return json.loads(msg.model_dump_json())  # type: ignore[no-any-return]
-
-
-async def _committed_and_end(topic: str, group: str) -> tuple[dict[int, int | None], dict[int, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = sorted(consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
-        tps = [TopicPartition(topic, p) for p in parts]
-        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
-        end = {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
-    return committed, end
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()
-    return consumer._client.cluster.partitions_for_topic(topic) or set()
 
 
 def _drain_queues(broker_url: str) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
@@ -135,7 +116,7 @@ def test_trigger_routes_valid_frames_and_dead_letters_invalid_ones(broker_url: s
             settings.telemetry_topic, "{not json", "bad"
         )
 
-        committed, end = await _committed_and_end(settings.telemetry_topic, settings.trigger_group_id)
+        committed, end = await committed_and_end(BOOTSTRAP, settings.telemetry_topic, settings.trigger_group_id)
         assert sum(end.values()) == len(records)
         assert {p: committed[p] or 0 for p in end} == end  # everything handled was committed
 
@@ -177,7 +158,7 @@ def test_trigger_commits_nothing_while_rabbitmq_is_unreachable(broker_url: str) 
         while retries._value.get() < before + 2 and loop.time() < deadline:
             await asyncio.sleep(0.1)
         assert retries._value.get() >= before + 2  # the first frame is retried in place
-        committed, _ = await _committed_and_end(settings.telemetry_topic, settings.trigger_group_id)
+        committed, _ = await committed_and_end(BOOTSTRAP, settings.telemetry_topic, settings.trigger_group_id)
         assert not any(committed.values())  # nothing committed while the frames are not in RabbitMQ
         assert _queue_depths(broker_url) == 0
 
@@ -188,7 +169,7 @@ def test_trigger_commits_nothing_while_rabbitmq_is_unreachable(broker_url: str) 
         stop.set()
         stats = await asyncio.wait_for(trigger, 15)
         assert stats.published == len(records)
-        committed, end = await _committed_and_end(settings.telemetry_topic, settings.trigger_group_id)
+        committed, end = await committed_and_end(BOOTSTRAP, settings.telemetry_topic, settings.trigger_group_id)
         assert {p: committed[p] or 0 for p in end} == end
 
     _declare_queues(broker_url)
