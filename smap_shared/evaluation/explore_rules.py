@@ -283,69 +283,10 @@ def latched(c: Ch, base: BoolArray, lam: float, margin: float = 2.0, max_len: in
     return out
 
 
-# ------------------------------------------------------------------ step-by-step reference of the proposal
-@dataclass(frozen=True)
-class StepNoveltyNdtReference:
-    """The proposed rule, one step at a time, as a Rule class in rules.py would run it (reference only).
-
-    It wraps the deployed CausalNdtRule (its relative threshold, cap_flagged window and train-level
-    or_margin alarm unchanged) and changes two things:
-    * the relative (telemanom) exceedance m > relative must hold `k_rel` consecutive steps before it
-      alarms (the train-level alarm m > or_margin x train_max still fires at once);
-    * a second alarm fires when the raw telemetry value's step |x_t - x_{t-1}| exceeds
-      `step_factor` x the largest step of the train split (a step size never seen in training).
-    Both alarms share the deployed warm-up (250) and hold (100). Needs the raw value x_t (column 0 of the
-    row, before normalisation, which clips) in `step`, and the train split's raw values in `fit`.
-    """
-
-    base: object  # a fitted CausalNdtRule
-    k_rel: int
-    step_factor: float
-    train_max_step: float
-
-    @classmethod
-    def fit(cls, base_fitted: object, train_x: Array, k_rel: int, step_factor: float) -> StepNoveltyNdtReference:
-        return cls(base_fitted, k_rel, step_factor, float(np.abs(np.diff(train_x)).max()))
-
-    def run(self, scores: Array, errors: Array, values: Array) -> BoolArray:
-        from smap_shared.model.rules import _COUNT, _EPS, _EWMA, _FILLED, _HEADER, _NORMAL_MAX, _POS, CausalNdtRule
-
-        r = self.base
-        assert isinstance(r, CausalNdtRule)
-        st = r.initial_state()
-        consec, prev, hold_left = 0, math.nan, 0  # (a Rule keeps these in its state vector, with _SEEN)
-        out = np.zeros(len(scores), dtype=bool)
-        for t in range(len(scores)):
-            x = r.signal_of(float(scores[t]), errors[t])
-            m = x if math.isnan(st[_EWMA]) else r.alpha * x + (1.0 - r.alpha) * st[_EWMA]
-            st[_EWMA] = m
-            if st[_COUNT] == 0:
-                w = r._window(st)
-                if w.size >= 2:
-                    st[_EPS], st[_NORMAL_MAX] = r.epsilon(w)
-            relative = max(st[_EPS], st[_NORMAL_MAX] / (1.0 - r.prune), r.min_error)
-            consec = consec + 1 if m > relative else 0
-            v = float(values[t])
-            step = 0.0 if math.isnan(prev) else abs(v - prev)
-            prev = v
-            fired = (consec >= self.k_rel
-                     or (r.or_margin > 0 and m > r.or_margin * r.train_max)
-                     or (step > self.step_factor * self.train_max_step if self.train_max_step > 0 else step > 0))
-            if fired and t >= r.warmup:  # t == steps seen: one fresh stream
-                hold_left = r.hold + 1
-            out[t] = hold_left > 0
-            if hold_left > 0:
-                hold_left -= 1
-            pos = int(st[_POS])
-            st[_HEADER + pos] = min(m, relative) if r.cap_flagged else m
-            st[_POS] = (pos + 1) % r.window
-            st[_FILLED] = min(st[_FILLED] + 1, r.window)
-            st[_COUNT] = (st[_COUNT] + 1) % r.stride
-        return out
-
-
+# ------------------------------------------------------------------ the proposal as the deployed Rule runs it
 def verify_reference(ckpt_dir: Path, cache: Path, k_rel: int, step_factor: float) -> None:
-    """Step-by-step reference == vectorised candidate on every channel (fitted from train only)."""
+    """The real CausalNdtRule (persist=k_rel, step_factor), run step by step as a stream runs it, equals the
+    vectorised candidate on every channel (fitted from train only)."""
     from smap_shared.data import default_source
     from smap_shared.evaluation.scoring import score_channel
     from smap_shared.model.rules import HYBRID_RULE
@@ -356,9 +297,9 @@ def verify_reference(ckpt_dir: Path, cache: Path, k_rel: int, step_factor: float
     for ch in src.channels():
         data = src.load(ch)
         sc = score_channel(ckpt_dir / f"{ch}.ckpt", data, cache)
-        base = HYBRID_RULE.fit(sc.train.score, sc.train.sensor_error)
-        ref = StepNoveltyNdtReference.fit(base, data.train[:, 0], k_rel, step_factor)
-        pred = ref.run(sc.test.score, sc.test.sensor_error, data.test[:, 0])
+        rule = replace(HYBRID_RULE, persist=k_rel, step_factor=step_factor).fit(
+            sc.train.score, sc.train.sensor_error, data.train)
+        pred = rule.run(sc.test.score, sc.test.sensor_error, raw=data.test).detected
         vec = composite(chans[ch], k_rel=k_rel, step_b=step_factor)
         assert np.array_equal(pred, vec), ch
         total.append(light_metrics(pred, chans[ch]))

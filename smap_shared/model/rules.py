@@ -84,16 +84,10 @@ class Rule(ABC):
         return RuleRun(det, thr, sig, st)
 
 
-@dataclass(frozen=True)
-class FixedRule(Rule):
-    kind: ClassVar[str] = "fixed"
-    threshold: float = SPEC_FIXED_THRESHOLD
+class _StaticScoreRule(Rule):
+    """score > a fixed threshold: stateless, so a whole sequence is one vectorised comparison."""
 
-    def fit(self, train_scores: Array, train_errors: Array, train_raw: Array | None = None) -> FixedRule:
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "threshold": self.threshold}
+    threshold: float
 
     def step(self, state: Array, score: float, sensor_error: Array, raw: Array | None = None
              ) -> tuple[bool, float, float]:
@@ -105,7 +99,19 @@ class FixedRule(Rule):
 
 
 @dataclass(frozen=True)
-class TrainPotRule(Rule):
+class FixedRule(_StaticScoreRule):
+    kind: ClassVar[str] = "fixed"
+    threshold: float = SPEC_FIXED_THRESHOLD
+
+    def fit(self, train_scores: Array, train_errors: Array, train_raw: Array | None = None) -> FixedRule:
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "threshold": self.threshold}
+
+
+@dataclass(frozen=True)
+class TrainPotRule(_StaticScoreRule):
     kind: ClassVar[str] = "train_pot"
     risk: float = 1e-3
     init_quantile: float = 0.98
@@ -118,14 +124,6 @@ class TrainPotRule(Rule):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}
-
-    def step(self, state: Array, score: float, sensor_error: Array, raw: Array | None = None
-             ) -> tuple[bool, float, float]:
-        return score > self.threshold, self.threshold, score
-
-    def run(self, scores: Array, errors: Array, state: Array | None = None, raw: Array | None = None) -> RuleRun:
-        s = np.asarray(scores, dtype=np.float64)
-        return RuleRun(s > self.threshold, np.full(s.shape, self.threshold), s, self.initial_state())
 
 
 # State layout of CausalNdtRule: a header, then the ring of past smoothed errors.
