@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +27,7 @@ class ModelOutputs:
     threshold: float
     duplicate: bool
     gap: int
-    detector_signal: float = math.nan  # what the decision rule compares with threshold
+    detector_signal: float  # what the decision rule compares with threshold
 
 
 class TritonInferenceError(RuntimeError):

@@ -160,7 +160,7 @@ def test_invalid_kwargs_and_wrong_output_width() -> None:
     runner = _runner(FakeClient(), FakePublisher(), [])
     with pytest.raises(w.PermanentTaskError, match="invalid task kwargs"):
         runner.execute({"satellite_id": "SAT-001"})
-    short = ModelOutputs(np.zeros(2), np.zeros(2), 0.0, False, 1.0, False, 0)
+    short = ModelOutputs(np.zeros(2), np.zeros(2), 0.0, False, 1.0, False, 0, 0.5)
     with pytest.raises(w.PermanentTaskError, match="shapes"):
         _runner(FakeClient(outputs=short), FakePublisher(), []).execute(_kwargs())
 
