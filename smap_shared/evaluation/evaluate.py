@@ -33,7 +33,15 @@ from smap_shared.evaluation.report import PUBLISHED, render_markdown
 from smap_shared.evaluation.scoring import score_channel
 from smap_shared.evaluation.selection import GRID, oracle_counts, selection_report
 from smap_shared.model.rules import DEPLOYED_RULE as DEPLOYED
-from smap_shared.model.rules import DEPLOYED_RULE_NAME, HYBRID_RULE, CausalNdtRule, FixedRule, Rule, TrainPotRule
+from smap_shared.model.rules import (
+    DEPLOYED_RULE_NAME,
+    HYBRID_RULE,
+    STEP_RULE,
+    CausalNdtRule,
+    FixedRule,
+    Rule,
+    TrainPotRule,
+)
 
 #: The rules compared, in report order. All are fitted on train data only.
 RULES: dict[str, Rule] = {
@@ -41,6 +49,7 @@ RULES: dict[str, Rule] = {
     "train_pot": TrainPotRule(),
     "causal_ndt": CausalNdtRule(),
     "causal_ndt_hybrid": HYBRID_RULE,  # deployed before causal_ndt_step
+    "causal_ndt_step": STEP_RULE,  # deployed before causal_ndt_quiet
     DEPLOYED_RULE_NAME: DEPLOYED,
 }
 DEPLOYED_RULE = DEPLOYED_RULE_NAME

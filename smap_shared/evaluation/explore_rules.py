@@ -223,6 +223,19 @@ def ex_rolling_std(c: Ch, w: int, pad: float) -> BoolArray:
     return out
 
 
+def ex_quiet(c: Ch, w: int, pad: float) -> BoolArray:
+    """Rolling std of the value (last w steps) below the train split's lowest one by more than pad x the
+    train range of it: quieter than ever in training (CausalNdtRule's quiet alarm before its onset)."""
+    from smap_shared.model.rules import rolling_std
+
+    tr = rolling_std(c.train_x, w)
+    lo, hi = float(tr.min()), float(tr.max())
+    out = np.zeros(c.test_x.size, dtype=bool)
+    if c.test_x.size >= w:
+        out[w - 1 :] = rolling_std(c.test_x, w) < lo - pad * (hi - lo)
+    return out
+
+
 def onset(e: BoolArray) -> BoolArray:
     """Rising edges only (one alarm per entry into the condition)."""
     r = e.copy()
@@ -246,13 +259,14 @@ def deployed(c: Ch, margin: float = 2.0, h: int = HOLD, k: int = 1, cap: bool = 
 
 
 def composite(c: Ch, k_rel: int = 1, margin: float = 2.0, k_or: int = 1, step_b: float = 0.0,
-              h_step: int = HOLD, raw_m: float = 0.0, h: int = HOLD) -> BoolArray:
+              h_step: int = HOLD, raw_m: float = 0.0, h: int = HOLD, quiet_w: int = 0,
+              quiet_pad: float = 0.25) -> BoolArray:
     """Deployed rule with its two alarms debounced separately, OR a train-unseen step / raw error level.
 
     k_rel: the relative (telemanom) exceedance must hold k_rel consecutive steps; k_or: same for the
     train-level exceedance (margin x train max of the smoothed error); step_b > 0: |x_t - x_{t-1}| above
     step_b x the train split's largest step, held h_step; raw_m > 0: unsmoothed |error| above raw_m x its
-    train max (after warm-up)."""
+    train max (after warm-up); quiet_w > 0: entering a rolling std below the train range (ex_quiet)."""
     rel = persist(c.m > c.rel_cap, k_rel)
     lvl = persist(c.m > margin * float(c.train_max), k_or) if margin > 0 else np.zeros(c.m.size, dtype=bool)
     out = finish(c, rel | lvl, h)
@@ -260,6 +274,8 @@ def composite(c: Ch, k_rel: int = 1, margin: float = 2.0, k_or: int = 1, step_b:
         out |= finish(c, ex_step(c, step_b), h_step)
     if raw_m > 0:
         out |= finish(c, ex_raw_level(c, raw_m), h)
+    if quiet_w > 0:
+        out |= finish(c, onset(ex_quiet(c, quiet_w, quiet_pad)), h)
     return out
 
 
@@ -284,9 +300,10 @@ def latched(c: Ch, base: BoolArray, lam: float, margin: float = 2.0, max_len: in
 
 
 # ------------------------------------------------------------------ the proposal as the deployed Rule runs it
-def verify_reference(ckpt_dir: Path, cache: Path, k_rel: int, step_factor: float) -> None:
-    """The real CausalNdtRule (persist=k_rel, step_factor), run step by step as a stream runs it, equals the
-    vectorised candidate on every channel (fitted from train only)."""
+def verify_reference(ckpt_dir: Path, cache: Path, k_rel: int, step_factor: float, quiet_w: int = 0,
+                     quiet_pad: float = 0.25) -> None:
+    """The real CausalNdtRule (persist=k_rel, step_factor, quiet_window, quiet_pad), run step by step as a
+    stream runs it, equals the vectorised candidate on every channel (fitted from train only)."""
     from smap_shared.data import default_source
     from smap_shared.evaluation.scoring import score_channel
     from smap_shared.model.rules import HYBRID_RULE
@@ -297,14 +314,14 @@ def verify_reference(ckpt_dir: Path, cache: Path, k_rel: int, step_factor: float
     for ch in src.channels():
         data = src.load(ch)
         sc = score_channel(ckpt_dir / f"{ch}.ckpt", data, cache)
-        rule = replace(HYBRID_RULE, persist=k_rel, step_factor=step_factor).fit(
-            sc.train.score, sc.train.sensor_error, data.train)
+        rule = replace(HYBRID_RULE, persist=k_rel, step_factor=step_factor, quiet_window=quiet_w,
+                       quiet_pad=quiet_pad).fit(sc.train.score, sc.train.sensor_error, data.train)
         pred = rule.run(sc.test.score, sc.test.sensor_error, raw=data.test).detected
-        vec = composite(chans[ch], k_rel=k_rel, step_b=step_factor)
+        vec = composite(chans[ch], k_rel=k_rel, step_b=step_factor, quiet_w=quiet_w, quiet_pad=quiet_pad)
         assert np.array_equal(pred, vec), ch
         total.append(light_metrics(pred, chans[ch]))
-    print(f"reference k_rel={k_rel} step={step_factor:g}: step-by-step == vectorised on all channels; "
-          f"{fmt(aggregate(total))}")
+    print(f"reference k_rel={k_rel} step={step_factor:g} quiet={quiet_w}/{quiet_pad:g}: step-by-step == "
+          f"vectorised on all channels; {fmt(aggregate(total))}")
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -462,6 +479,11 @@ def families() -> dict[str, dict[str, Rule]]:
         f"step=1.5,krel=30,latch={lam:g},max={n}": P(_latched_composite, lam=lam, k_rel=30, max_len=n)
         for lam in (1.0, 0.9) for n in (250, 500, 1000, 2000, 4000)
     }
+    fam["step 1.5 + krel 30 + quiet (rolling std below train)"] = {
+        f"step=1.5,krel=30,quiet={w}/{q:g}": P(composite, k_rel=30, step_b=1.5, quiet_w=w, quiet_pad=q)
+        for w in (0, 20, 50, 100, 250) for q in (0.15, 0.25, 0.35, 0.5)
+        if not (w == 0 and q != 0.25)
+    }
     fam["composite"] = {
         f"krel={kr},kor={ko},step={sb:g},hstep={hs},raw={rm:g},h={h}":
             P(composite, k_rel=kr, k_or=ko, step_b=sb, h_step=hs, raw_m=rm, h=h)
@@ -478,11 +500,13 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))  # as the evaluation command
     ap.add_argument("--cache", type=Path, default=ROOT / "cache")
     ap.add_argument("--family", nargs="*", default=None)
-    ap.add_argument("--verify", nargs=2, metavar=("K_REL", "STEP"), default=None,
+    ap.add_argument("--verify", nargs="+", metavar="K_REL STEP [QUIET_W QUIET_PAD]", default=None,
                     help="check the step-by-step reference of the proposal against the vectorised one")
     args = ap.parse_args()
     if args.verify:
-        verify_reference(args.checkpoints, args.cache, int(args.verify[0]), float(args.verify[1]))
+        v = args.verify
+        verify_reference(args.checkpoints, args.cache, int(v[0]), float(v[1]),
+                         int(v[2]) if len(v) > 2 else 0, float(v[3]) if len(v) > 3 else 0.25)
         return
     if args.prepare:
         prepare(None, args.checkpoints, args.cache)

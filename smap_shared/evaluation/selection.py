@@ -1,6 +1,7 @@
 """How much of a rule's score is owed to choosing it on the test labels.
 
-The causal rule's extra options (`cap_flagged`, `or_margin`, `hold`, `persist`, `step_factor`) were picked
+The causal rule's extra options (`cap_flagged`, `or_margin`, `hold`, `persist`, `step_factor`, `quiet_window`,
+`quiet_pad`) were picked
 by looking at the test results of all channels, which is tuning on test. Two diagnostics make the
 cost of that visible:
 
@@ -36,7 +37,8 @@ from smap_shared.model.rules import CausalNdtRule
 Array = npt.NDArray[np.float64]
 
 #: Variants of the causal rule searched over: telemanom's defaults plus the window/level options, then the
-#: persistence of the relative alarm and the raw-value step alarm on top of cap=1, or=2, hold=100.
+#: persistence of the relative alarm and the raw-value step alarm on top of cap=1, or=2, hold=100, then the
+#: quiet alarm (window, pad) on top of the step rule.
 GRID: dict[str, CausalNdtRule] = {
     f"cap={int(c)},or={o:g},hold={h}": replace(CausalNdtRule(), cap_flagged=c, or_margin=o, hold=h)
     for c in (False, True)
@@ -48,6 +50,11 @@ GRID: dict[str, CausalNdtRule] = {
     for p in (1, 10, 30)
     for s in (0.0, 1.5, 2.0)
     if (p, s) != (1, 0.0)
+} | {
+    f"cap=1,or=2,hold=100,persist=30,step=1.5,quiet={w}/{q:g}": replace(
+        CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=w, quiet_pad=q)
+    for w in (20, 50, 100)
+    for q in (0.15, 0.25, 0.35)
 }
 
 

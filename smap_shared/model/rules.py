@@ -26,7 +26,11 @@ the offline evaluation and a stream agree by construction (see the tests).
   `persist` makes the relative alarm wait for that many consecutive exceedances (brief excursions of the
   error are the main source of false alarms), and `step_factor` adds an alarm on the raw telemetry value:
   a step |x[t] - x[t-1]| larger than `step_factor` times the largest step of the train split (a jump the
-  model's smoothed error reacts to late or not at all).
+  model's smoothed error reacts to late or not at all). `quiet_window` adds an alarm when the raw value goes
+  quieter than it ever was in training: its standard deviation over the last `quiet_window` steps falls below
+  the train split's lowest such value by more than `quiet_pad` of the train split's range of it (a stuck
+  sensor, or a signal that stopped oscillating: the model reconstructs a flat line well, so its error drops
+  instead of rising). It alarms on entering that condition, then holds like the others.
 """
 
 from __future__ import annotations
@@ -126,8 +130,10 @@ class TrainPotRule(_StaticScoreRule):
         return {"kind": self.kind, **asdict(self)}
 
 
-# State layout of CausalNdtRule: a header, then the ring of past smoothed errors.
-_EWMA, _COUNT, _EPS, _NORMAL_MAX, _POS, _FILLED, _HOLD, _SEEN, _RUN, _PREV, _HEADER = range(11)
+# State layout of CausalNdtRule: a header, the ring of past smoothed errors, then the ring of the last
+# `quiet_window` raw values (empty when the quiet alarm is off).
+(_EWMA, _COUNT, _EPS, _NORMAL_MAX, _POS, _FILLED, _HOLD, _SEEN, _RUN, _PREV, _QPOS, _QFILLED, _QON,
+ _HEADER) = range(14)
 
 
 @dataclass(frozen=True)
@@ -152,9 +158,13 @@ class CausalNdtRule(Rule):
     or_margin: float = 0.0  # 0 disables the train-level alarm
     persist: int = 1  # the relative alarm needs this many consecutive steps above the threshold
     step_factor: float = 0.0  # > 0: also alarm on a raw value step > step_factor x the largest train step
+    quiet_window: int = 0  # > 0: also alarm when the raw value's rolling std (this many steps) is below
+    quiet_pad: float = 0.25  # ... the train minimum of it minus quiet_pad x the train range of it
     # Fitted per entity from the train split:
     train_max: float = 0.0  # largest smoothed train error
     train_max_step: float = -1.0  # largest |x[t] - x[t-1]| of the watched raw value; < 0: not fitted
+    train_quiet_min: float = -1.0  # lowest rolling std of the raw value in train; < 0: not fitted
+    train_quiet_max: float = -1.0  # highest
     initial: tuple[float, ...] = field(default=(), repr=False)  # last `window` smoothed train errors
 
     def signal_of(self, score: float, sensor_error: Array) -> float:
@@ -180,14 +190,18 @@ class CausalNdtRule(Rule):
         # the train split is scored as a stream from a zero state too: its first `warmup` steps carry the
         # same start-up transient that a stream never alarms on, so they do not set the train level
         settled = sm[self.warmup :] if sm.size > self.warmup else sm
-        max_step = -1.0
-        if self.step_factor > 0:
+        max_step, q_min, q_max = -1.0, -1.0, -1.0
+        if self.step_factor > 0 or self.quiet_window > 0:
             if train_raw is None:
-                raise ValueError("a step alarm (step_factor > 0) is fitted from the train split's raw rows")
+                raise ValueError("the step and quiet alarms are fitted from the train split's raw rows")
             col = np.asarray(train_raw, dtype=np.float64)[:, self.value_column]
-            max_step = float(np.abs(np.diff(col)).max()) if col.size > 1 else 0.0
+            if self.step_factor > 0:
+                max_step = float(np.abs(np.diff(col)).max()) if col.size > 1 else 0.0
+            if self.quiet_window > 0 and col.size >= self.quiet_window:
+                stds = rolling_std(col, self.quiet_window)
+                q_min, q_max = float(stds.min()), float(stds.max())
         return replace(self, initial=tuple(float(x) for x in tail), train_max=float(settled.max()),
-                       train_max_step=max_step)
+                       train_max_step=max_step, train_quiet_min=q_min, train_quiet_max=q_max)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind}
@@ -197,7 +211,7 @@ class CausalNdtRule(Rule):
         return d
 
     def initial_state(self) -> Array:
-        st = np.zeros(_HEADER + self.window, dtype=np.float64)
+        st = np.zeros(_HEADER + self.window + max(self.quiet_window, 0), dtype=np.float64)
         init = np.asarray(self.initial, dtype=np.float64)[-self.window :]
         st[_HEADER : _HEADER + init.size] = init
         st[_FILLED] = init.size
@@ -260,6 +274,30 @@ class CausalNdtRule(Rule):
         step = abs(v - prev)
         return step > self.step_factor * self.train_max_step if self.train_max_step > 0 else step > 0.0
 
+    @property
+    def quiet_level(self) -> float:
+        """The rolling std below which the value is quieter than training allows (-inf: alarm off)."""
+        if self.quiet_window <= 0 or self.train_quiet_min < 0:
+            return -math.inf
+        return self.train_quiet_min - self.quiet_pad * (self.train_quiet_max - self.train_quiet_min)
+
+    def _quiet_alarm(self, state: Array, raw: Array | None) -> bool:
+        """Entering "quieter than ever in training": the rolling std of the last `quiet_window` raw values
+        drops below `quiet_level` (fires on the entering step only; the hold keeps the alarm up)."""
+        level = self.quiet_level
+        if level == -math.inf or raw is None:
+            return False
+        w = self.quiet_window
+        base = _HEADER + self.window
+        pos = int(state[_QPOS])
+        state[base + pos] = float(raw[self.value_column])
+        state[_QPOS] = (pos + 1) % w
+        state[_QFILLED] = min(state[_QFILLED] + 1, w)
+        quiet = bool(state[_QFILLED] >= w and float(np.std(state[base : base + w])) < level)
+        entered = quiet and state[_QON] == 0
+        state[_QON] = 1.0 if quiet else 0.0
+        return entered
+
     def step(self, state: Array, score: float, sensor_error: Array, raw: Array | None = None
              ) -> tuple[bool, float, float]:
         x = self.signal_of(score, sensor_error)
@@ -275,7 +313,9 @@ class CausalNdtRule(Rule):
         state[_RUN] = state[_RUN] + 1 if m > relative else 0
         fired = (state[_RUN] >= max(self.persist, 1)
                  or (self.or_margin > 0 and m > self.or_margin * self.train_max))
-        fired = self._step_alarm(state, raw) or fired
+        stepped = self._step_alarm(state, raw)
+        quieted = self._quiet_alarm(state, raw)
+        fired = stepped or quieted or fired
         exceeded = fired and state[_SEEN] >= self.warmup
         state[_SEEN] += 1
         if exceeded:
@@ -292,13 +332,24 @@ class CausalNdtRule(Rule):
         return bool(detected), float(threshold), float(m)
 
 
+def rolling_std(x: Array, w: int) -> Array:
+    """Population std of every full window of w consecutive values (len(x) - w + 1 of them)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    out: Array = sliding_window_view(np.asarray(x, dtype=np.float64), w).std(axis=1)
+    return out
+
+
 #: The rule the deployed models use (chosen as the report's "How the deployed rule was chosen" says).
-DEPLOYED_RULE_NAME = "causal_ndt_step"
-DEPLOYED_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5)
+DEPLOYED_RULE_NAME = "causal_ndt_quiet"
+DEPLOYED_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=50,
+                              quiet_pad=0.25)
 #: Parameters a rule's `fit` sets from the train split (the others are its settings).
-FITTED_RULE_FIELDS = frozenset({"train_max", "train_max_step", "initial", "threshold", "method"})
-#: The previous deployed rule, kept in the evaluation for comparison.
+FITTED_RULE_FIELDS = frozenset({"train_max", "train_max_step", "train_quiet_min", "train_quiet_max", "initial",
+                                "threshold", "method"})
+#: The previous deployed rules, kept in the evaluation for comparison.
 HYBRID_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0)
+STEP_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5)
 
 RULE_KINDS: dict[str, type[Rule]] = {r.kind: r for r in (FixedRule, TrainPotRule, CausalNdtRule)}
 

@@ -172,11 +172,53 @@ def test_a_constant_train_value_makes_any_step_news() -> None:
     assert np.flatnonzero(rule.run(te_s, te_e, raw=test_raw).detected).tolist() == [200, 201]
 
 
+def test_quiet_alarm_fires_when_the_value_goes_flatter_than_in_training() -> None:
+    n = 600
+    tr_s, tr_e = synthetic(n, 18)
+    te_s, te_e = synthetic(n, 19)
+    t = np.arange(n)
+    train_raw = np.zeros((n, 2))
+    train_raw[:, 0] = np.sin(t / 3.0) * (1.0 + 0.5 * (t % 200 < 100))  # amplitude 1 or 1.5: std never ~0
+    test_raw = train_raw.copy()
+    test_raw[300:420, 0] = 0.2  # stuck for 120 steps: the model's error did not move
+    rule = CausalNdtRule(window=200, stride=10, buffer=5, hold=3, warmup=0, quiet_window=20,
+                         quiet_pad=0.25).fit(tr_s, tr_e, train_raw)
+    assert 0.0 < rule.train_quiet_min < rule.train_quiet_max
+    assert rule.quiet_level == pytest.approx(
+        rule.train_quiet_min - 0.25 * (rule.train_quiet_max - rule.train_quiet_min))
+    out = rule.run(te_s, te_e, raw=test_raw)
+    flagged = np.flatnonzero(out.detected)
+    # fires once on entering the quiet spell (within the window after it starts), holds 3 steps, and does
+    # not fire again while the value stays flat nor on the train-like signal
+    assert flagged.size == 4 and 300 < flagged[0] < 320
+    assert flagged.tolist() == list(range(flagged[0], flagged[0] + 4))
+    assert not rule.run(te_s, te_e, raw=train_raw).detected.any()
+    assert not rule.run(te_s, te_e).detected.any()  # no raw rows: no quiet alarm
+    stream = RuleStream(rule)
+    got = [stream.update(float(te_s[i]), te_e[i], test_raw[i])[0] for i in range(n)]
+    assert got == out.detected.tolist()
+    with pytest.raises(ValueError, match="raw rows"):
+        CausalNdtRule(quiet_window=20).fit(tr_s, tr_e)
+
+
+def test_quiet_alarm_is_off_where_training_was_already_flat() -> None:
+    tr_s, tr_e = synthetic(300, 20)
+    te_s, te_e = synthetic(300, 21)
+    train_raw = np.zeros((300, 2))
+    train_raw[::40, 0] = 1.0  # mostly flat: its lowest rolling std is 0, nothing can be quieter
+    rule = CausalNdtRule(window=100, stride=10, buffer=5, hold=0, warmup=0, quiet_window=20).fit(
+        tr_s, tr_e, train_raw)
+    assert rule.train_quiet_min == 0.0
+    assert not rule.run(te_s, te_e, raw=np.zeros((300, 2))).detected.any()
+
+
 def test_older_rule_dicts_behave_as_before() -> None:
     tr_s, tr_e = synthetic(1000, 1)
     te_s, te_e = synthetic(1500, 2, bursts=((800, 900),))
     fitted = SMALL.fit(tr_s, tr_e)
-    old = {k: v for k, v in fitted.to_dict().items() if k not in ("persist", "step_factor", "train_max_step")}
+    old = {k: v for k, v in fitted.to_dict().items() if k not in (
+        "persist", "step_factor", "train_max_step", "quiet_window", "quiet_pad", "train_quiet_min",
+        "train_quiet_max")}
     again = rule_from_dict(json.loads(json.dumps(old)))
     assert again == fitted
     np.testing.assert_array_equal(again.run(te_s, te_e).detected, fitted.run(te_s, te_e).detected)
