@@ -199,12 +199,16 @@
   const fmt = (v) => (v == null ? "n/a" : Number(v).toPrecision(4));
 
   async function loadEntity() {
+    const entity = state.entity;
     const sensors = $("sensor");
-    sensors.innerHTML = "";
+    sensors.replaceChildren();
     state.overview = state.sensorData = state.bars = null;
-    const snapshot = getJSON(`/api/smap/entity/${encodeURIComponent(state.entity)}/sensors`);
+    const snapshot = getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensors`);
     await Promise.all([loadOverview(), snapshot.then((b) => {
-      for (const row of b.sensors) sensors.add(new Option(row.id, row.id));
+      // loads overlap when the selection changes quickly: only the current entity's answer fills the list,
+      // and it replaces it (appending doubled the options when two answers for the same entity arrived)
+      if (entity !== state.entity) return;
+      sensors.replaceChildren(...b.sensors.map((row) => new Option(row.id, row.id)));
       if (!b.sensors.some((r) => r.id === state.sensor)) state.sensor = "sensor_0";
       sensors.value = state.sensor;
       state.bars = b;

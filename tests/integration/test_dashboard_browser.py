@@ -78,6 +78,13 @@ def test_dashboard_shows_history_then_live(chain: Chain, tmp_path: Path) -> None
             page.select_option("#satellite", "SAT-001")
             page.select_option("#entity", "A-1")
             page.wait_for_function("document.querySelectorAll('#sensor option').length === 25")
+            # quick re-selections overlap their loads: the list must end as A-1's 25 sensors, not 50 or A-2's
+            page.evaluate("""() => { const s = document.querySelector('#entity');
+                for (const v of ['A-2', 'A-1', 'A-1']) { s.value = v; s.dispatchEvent(new Event('change')); } }""")
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(300)
+            assert page.locator("#sensor option").count() == 25
+            assert page.input_value("#entity") == "A-1"
             page.select_option("#sensor", "sensor_0")
             page.wait_for_function(
                 "Number(document.querySelector('#score-chart').dataset.points) >= 120"
