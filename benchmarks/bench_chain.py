@@ -5,13 +5,15 @@ client rate measured in the same run on the same server (their ratio is the numb
 
 Runs the real chain on private ports (smap_shared.infra.chain): Tansu, VictoriaMetrics, a RabbitMQ vhost,
 Triton with the 9 fleet models, 2 worker shards, trigger and consumer; the simulator replays at full speed.
-Prints numbers; asserts nothing.
+Prints numbers; asserts nothing. It also prints where the CPU went during the full-speed phase (per process
+tree, from /proc): on a small machine the chain's ceiling is the CPU its processes share, not Triton.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import threading
 import time
@@ -44,6 +46,45 @@ async def collect(bootstrap: str, want: int, timeout: float, out: list[tuple[flo
                 out.extend((now, InferenceResult.model_validate_json(m.value)) for m in msgs)
     finally:
         await consumer.stop()
+
+
+def _cpu_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (ppid, name, user + system CPU seconds) of every live process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[int, str, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            raw = (d / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        f = raw[raw.rindex(")") + 2 :].split()  # f[0] is field 3 (state)
+        out[int(d.name)] = (int(f[1]), name, (int(f[11]) + int(f[12])) / tick)
+    return out
+
+
+def cpu_by_component(chain: Chain) -> dict[str, float]:
+    """CPU seconds so far of each chain component (its process and live descendants), RabbitMQ's server
+    and this process (the result collector) plus its reaped children (the simulator)."""
+    table = _cpu_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+
+    def tree(pid: int) -> float:
+        return table.get(pid, (0, "", 0.0))[2] + sum(tree(c) for c in children.get(pid, []))
+
+    roots = {name: p.pid for name, p in chain.procs.items() if p.poll() is None}
+    if chain.triton is not None and chain.triton.pid is not None:
+        roots["triton (+ model stubs)"] = chain.triton.pid
+    out = {name: tree(pid) for name, pid in roots.items()}
+    out["rabbitmq (whole server)"] = sum(c for _, n, c in table.values() if n == "beam.smp")
+    t = os.times()
+    out["bench collector"] = t.user + t.system
+    out["simulator (reaped child)"] = t.children_user + t.children_system
+    return out
 
 
 def direct_rate(url: str, entities: list[str], steps: int) -> float:
@@ -92,9 +133,12 @@ def main() -> None:
             target=lambda: asyncio.run(collect(f"localhost:{chain.kafka_port}", total, 600, got)))
         collector.start()
         t0 = time.time()
+        cpu0 = cpu_by_component(chain)
         chain.run_simulator(0, args.steps)
         collector.join()
+        cpu1 = cpu_by_component(chain)
         wall = max(t for t, _ in got) - t0
+        cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
         lat = [(t - r.timestamp.timestamp()) * 1000 for t, r in got]
         # steady state: drop the first and last 10% of arrivals
         stamps = sorted(t for t, _ in got)
@@ -124,6 +168,12 @@ def main() -> None:
               f"publish->result latency p50 {q[0]:.0f} ms, p95 {q[1]:.0f} ms, p99 {q[2]:.0f} ms")
         print(f"direct Triton, {len(entities)} concurrent streams: {direct:.0f} req/s")
         print(f"ratio chain sustained / direct Triton: {sustained / direct:.2f} (design target >= 0.50)")
+        cores = os.cpu_count() or 1
+        print(f"CPU during the full-speed phase ({wall:.1f} s wall, {cores} cores = {cores * wall:.0f} CPU s):")
+        for name, secs in sorted(cpu.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:28s} {secs:6.1f} s  {100 * secs / wall:5.0f}% of a core  "
+                  f"{1000 * secs / len(got):5.2f} ms per message")
+        print(f"  {'all of the above':28s} {sum(cpu.values()):6.1f} s")
     finally:
         chain.stop()
 
