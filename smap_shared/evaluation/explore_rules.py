@@ -226,10 +226,9 @@ def ex_rolling_std(c: Ch, w: int, pad: float) -> BoolArray:
 def ex_quiet(c: Ch, w: int, pad: float) -> BoolArray:
     """Rolling std of the value (last w steps) below the train split's lowest one by more than pad x the
     train range of it: quieter than ever in training (CausalNdtRule's quiet alarm before its onset)."""
-    from smap_shared.model.rules import rolling_std
+    from smap_shared.model.rules import quiet_range, rolling_std
 
-    tr = rolling_std(c.train_x, w)
-    lo, hi = float(tr.min()), float(tr.max())
+    lo, hi = quiet_range(c.train_x, w)
     out = np.zeros(c.test_x.size, dtype=bool)
     if c.test_x.size >= w:
         out[w - 1 :] = rolling_std(c.test_x, w) < lo - pad * (hi - lo)

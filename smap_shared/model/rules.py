@@ -198,8 +198,7 @@ class CausalNdtRule(Rule):
             if self.step_factor > 0:
                 max_step = float(np.abs(np.diff(col)).max()) if col.size > 1 else 0.0
             if self.quiet_window > 0 and col.size >= self.quiet_window:
-                stds = rolling_std(col, self.quiet_window)
-                q_min, q_max = float(stds.min()), float(stds.max())
+                q_min, q_max = quiet_range(col, self.quiet_window)
         return replace(self, initial=tuple(float(x) for x in tail), train_max=float(settled.max()),
                        train_max_step=max_step, train_quiet_min=q_min, train_quiet_max=q_max)
 
@@ -338,6 +337,17 @@ def rolling_std(x: Array, w: int) -> Array:
 
     out: Array = sliding_window_view(np.asarray(x, dtype=np.float64), w).std(axis=1)
     return out
+
+
+def quiet_range(train_values: Array, w: int) -> tuple[float, float]:
+    """(lowest, highest) rolling std over w steps of a train value. A lowest one at rounding-noise level (a
+    value that was flat at times: the std of equal floats can come out as 1e-16 instead of 0) counts as 0,
+    so that a flat stretch in a stream, whose std may round the other way, is never quieter than training."""
+    x = np.asarray(train_values, dtype=np.float64)
+    stds = rolling_std(x, w)
+    lo, hi = float(stds.min()), float(stds.max())
+    noise = 1e-9 * max(float(np.abs(x).max()), 1e-300)
+    return (0.0 if lo <= noise else lo), (0.0 if hi <= noise else hi)
 
 
 #: The rule the deployed models use (chosen as the report's "How the deployed rule was chosen" says).

@@ -212,6 +212,18 @@ def test_quiet_alarm_is_off_where_training_was_already_flat() -> None:
     assert not rule.run(te_s, te_e, raw=np.zeros((300, 2))).detected.any()
 
 
+def test_a_flat_train_value_at_rounding_noise_keeps_the_quiet_alarm_off() -> None:
+    tr_s, tr_e = synthetic(300, 22)
+    te_s, te_e = synthetic(300, 23)
+    train_raw = np.full((300, 2), 0.1)  # 0.1 is not exact in binary: its rolling std is ~1e-17, not 0
+    assert float(np.std(np.full(50, 0.1))) > 0.0
+    rule = CausalNdtRule(window=100, stride=10, buffer=5, hold=0, warmup=0, quiet_window=50).fit(
+        tr_s, tr_e, train_raw)
+    test_raw = np.full((300, 2), 0.5)  # flat too (std exactly 0 here): normal for this channel
+    assert not rule.run(te_s, te_e, raw=test_raw).detected.any()
+    assert rule.train_quiet_min == 0.0 and rule.train_quiet_max == 0.0
+
+
 def test_older_rule_dicts_behave_as_before() -> None:
     tr_s, tr_e = synthetic(1000, 1)
     te_s, te_e = synthetic(1500, 2, bursts=((800, 900),))
