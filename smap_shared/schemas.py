@@ -136,9 +136,18 @@ class InferenceResult(_Frozen):
     #: The value the deployed decision rule compares with `threshold` (its units; not anomaly_score's for
     #: the causal rule). None in results from before this field existed.
     detector_signal: float | None = None
+    #: Why `anomaly_detected` is set: bits of smap_shared.model.rules.ALARM_CAUSES (names in `alarm_causes`),
+    #: every cause that fired since the alarm began; 0 without an alarm (and in results from before it).
+    alarm_cause: int = Field(default=0, ge=0)
     ground_truth_labels: dict[str, int] = Field(default_factory=dict)
     duplicate: bool = False  # the model had already applied this index (a redelivery): outputs replayed
     gap: int = 0  # steps skipped before this one (indices never received)
+
+    @property
+    def alarm_causes(self) -> list[str]:
+        from smap_shared.model.rules import cause_names  # the rule defines the causes; keep this module light
+
+        return cause_names(self.alarm_cause)
 
 
 class DeadLetter(_Frozen):

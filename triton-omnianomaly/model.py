@@ -77,6 +77,7 @@ class TritonPythonModel:
             pb_utils.Tensor("sensor_error", o.sensor_error.astype(np.float64)),
             pb_utils.Tensor("threshold", np.array([o.threshold], dtype=np.float64)),
             pb_utils.Tensor("detector_signal", np.array([o.detector_signal], dtype=np.float64)),
+            pb_utils.Tensor("alarm_cause", np.array([o.alarm_cause], dtype=np.int64)),
             pb_utils.Tensor("duplicate", np.array([res.duplicate], dtype=bool)),
             pb_utils.Tensor("gap", np.array([res.gap], dtype=np.int64)),
         ])

@@ -167,10 +167,18 @@
       `flagged outside labels: ${outside} points, ${falseAlarms} false alarm(s)`;
   }
 
-  function setState(stateName) {
+  // why an alarm is up (InferenceResult.alarm_causes), in an operator's words
+  const CAUSE_TEXT = {
+    error_above_threshold: "model error above threshold",
+    error_above_train_level: "model error above any level seen in training",
+    value_step: "value jumped more than ever in training",
+    value_quiet: "value quieter than ever in training",
+  };
+  function setState(stateName, causes) {
     const badge = $("state");
     badge.className = `badge ${stateName}`;
     badge.textContent = stateName;
+    $("cause").textContent = causes && causes.length ? causes.map((c) => CAUSE_TEXT[c] || c).join("; ") : "";
   }
 
   // ------------------------------------------------------------------ history
@@ -246,7 +254,7 @@
     state.liveCount += 1;
     $("live-count").textContent = String(state.liveCount);
     const t = Date.parse(m.timestamp) / 1000;
-    setState(m.anomaly_detected ? "anomaly" : "normal");
+    setState(m.anomaly_detected ? "anomaly" : "normal", m.alarm_causes);
     const o = state.overview;
     if (o && !(o.timestamps.length && t <= o.timestamps[o.timestamps.length - 1])) {
       append(o, t, { anomaly_score: m.anomaly_score, detected: m.anomaly_detected ? 1 : 0,

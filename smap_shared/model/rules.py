@@ -49,12 +49,30 @@ Array = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 
+#: Why an alarm is up: the bits of a rule's `cause` (0: no alarm). An alarm reports every cause that fired
+#: since it began, so an operator sees why `anomaly_detected` is set even when the signal is under the threshold.
+CAUSE_ERROR = 1  # the model's error above the rule's threshold (the causal rule: for `persist` steps)
+CAUSE_TRAIN_LEVEL = 2  # the smoothed error above `or_margin` x its largest train value
+CAUSE_VALUE_STEP = 4  # the raw value stepped more than ever in training
+CAUSE_VALUE_QUIET = 8  # the raw value went quieter than ever in training
+ALARM_CAUSES: dict[int, str] = {
+    CAUSE_ERROR: "error_above_threshold", CAUSE_TRAIN_LEVEL: "error_above_train_level",
+    CAUSE_VALUE_STEP: "value_step", CAUSE_VALUE_QUIET: "value_quiet",
+}
+
+
+def cause_names(bits: int) -> list[str]:
+    """The names of the causes in an `alarm_cause` bit set, in bit order."""
+    return [name for bit, name in ALARM_CAUSES.items() if bits & bit]
+
+
 @dataclass(frozen=True)
 class RuleRun:
     detected: BoolArray  # (T,)
     threshold: Array  # (T,) threshold in force at each step, in the units of `signal`
     signal: Array  # (T,) the value compared with the threshold
     final_state: Array
+    cause: npt.NDArray[np.int64]  # (T,) ALARM_CAUSES bits, 0 where no alarm
 
 
 class Rule(ABC):
@@ -77,15 +95,21 @@ class Rule(ABC):
         """One step: updates `state` in place, returns (detected, threshold, signal). `raw`: the input row
         before normalisation (the rules that do not watch the telemetry itself ignore it)."""
 
+    def cause(self, state: Array, detected: bool) -> int:
+        """ALARM_CAUSES bits of the alarm in force after the last `step` (0 when none)."""
+        return CAUSE_ERROR if detected else 0
+
     def run(self, scores: Array, errors: Array, state: Array | None = None, raw: Array | None = None) -> RuleRun:
         st = self.initial_state() if state is None else np.array(state, dtype=np.float64)
         n = len(scores)
         det = np.zeros(n, dtype=bool)
         thr = np.zeros(n)
         sig = np.zeros(n)
+        cause = np.zeros(n, dtype=np.int64)
         for t in range(n):
             det[t], thr[t], sig[t] = self.step(st, float(scores[t]), errors[t], None if raw is None else raw[t])
-        return RuleRun(det, thr, sig, st)
+            cause[t] = self.cause(st, bool(det[t]))
+        return RuleRun(det, thr, sig, st, cause)
 
 
 class _StaticScoreRule(Rule):
@@ -99,7 +123,9 @@ class _StaticScoreRule(Rule):
 
     def run(self, scores: Array, errors: Array, state: Array | None = None, raw: Array | None = None) -> RuleRun:
         s = np.asarray(scores, dtype=np.float64)
-        return RuleRun(s > self.threshold, np.full(s.shape, self.threshold), s, self.initial_state())
+        det = s > self.threshold
+        return RuleRun(det, np.full(s.shape, self.threshold), s, self.initial_state(),
+                       np.where(det, CAUSE_ERROR, 0).astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -132,8 +158,8 @@ class TrainPotRule(_StaticScoreRule):
 
 # State layout of CausalNdtRule: a header, the ring of past smoothed errors, then the ring of the last
 # `quiet_window` raw values (empty when the quiet alarm is off).
-(_EWMA, _COUNT, _EPS, _NORMAL_MAX, _POS, _FILLED, _HOLD, _SEEN, _RUN, _PREV, _QPOS, _QFILLED, _QON,
- _HEADER) = range(14)
+(_EWMA, _COUNT, _EPS, _NORMAL_MAX, _POS, _FILLED, _HOLD, _SEEN, _RUN, _PREV, _QPOS, _QFILLED, _QON, _CAUSE,
+ _HEADER) = range(15)
 
 
 @dataclass(frozen=True)
@@ -297,6 +323,9 @@ class CausalNdtRule(Rule):
         state[_QON] = 1.0 if quiet else 0.0
         return entered
 
+    def cause(self, state: Array, detected: bool) -> int:
+        return int(state[_CAUSE]) if detected else 0
+
     def step(self, state: Array, score: float, sensor_error: Array, raw: Array | None = None
              ) -> tuple[bool, float, float]:
         x = self.signal_of(score, sensor_error)
@@ -310,18 +339,21 @@ class CausalNdtRule(Rule):
         threshold = min(relative, self.or_margin * self.train_max) if self.or_margin > 0 else relative
         # the relative alarm must persist; the train-level one (a level never seen in training) fires at once
         state[_RUN] = state[_RUN] + 1 if m > relative else 0
-        fired = (state[_RUN] >= max(self.persist, 1)
-                 or (self.or_margin > 0 and m > self.or_margin * self.train_max))
-        stepped = self._step_alarm(state, raw)
-        quieted = self._quiet_alarm(state, raw)
-        fired = stepped or quieted or fired
-        exceeded = fired and state[_SEEN] >= self.warmup
+        bits = ((CAUSE_ERROR if state[_RUN] >= max(self.persist, 1) else 0)
+                | (CAUSE_TRAIN_LEVEL if self.or_margin > 0 and m > self.or_margin * self.train_max else 0)
+                | (CAUSE_VALUE_STEP if self._step_alarm(state, raw) else 0)
+                | (CAUSE_VALUE_QUIET if self._quiet_alarm(state, raw) else 0))
+        exceeded = bits != 0 and state[_SEEN] >= self.warmup
         state[_SEEN] += 1
         if exceeded:
+            # an alarm still held keeps the causes it had and adds the new ones
+            state[_CAUSE] = (int(state[_CAUSE]) | bits) if state[_HOLD] > 0 else bits
             state[_HOLD] = self.hold + 1
         detected = state[_HOLD] > 0
         if detected:
             state[_HOLD] -= 1
+        else:
+            state[_CAUSE] = 0
         # the current value joins the window only after it has been judged
         pos = int(state[_POS])
         state[_HEADER + pos] = min(m, relative) if self.cap_flagged else m

@@ -32,7 +32,8 @@ class StepOutput:
     in normalised units, and anomaly_score its mean over sensors (the spec's MSE). anomaly_detected and
     threshold come from the checkpoint's decision rule: for the deployed causal rule the threshold is in the
     units of its own signal (the smoothed absolute error of the telemetry value), not of anomaly_score;
-    detector_signal is that signal, the value the rule compares with threshold (for score rules: the score)."""
+    detector_signal is that signal, the value the rule compares with threshold (for score rules: the score).
+    alarm_cause: the bits of smap_shared.model.rules.ALARM_CAUSES behind the alarm in force (0: none)."""
 
     reconstruction: Array
     sensor_error: Array
@@ -40,6 +41,7 @@ class StepOutput:
     anomaly_detected: bool
     threshold: float
     detector_signal: float
+    alarm_cause: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class SequenceOutput:
     threshold: Array  # (T,)
     detector_signal: Array  # (T,)
     final_state: Array
+    alarm_cause: npt.NDArray[np.int64]  # (T,)
 
 
 class Scorer:
@@ -77,6 +80,7 @@ class Scorer:
         out = StepOutput(
             reconstruction=self.norm.inverse(recon), sensor_error=err, anomaly_score=score,
             anomaly_detected=detected, threshold=threshold, detector_signal=float(signal),
+            alarm_cause=self.rule.cause(rule_state, detected),
         )
         return out, np.concatenate((new_hidden.ravel(), rule_state))
 
@@ -112,4 +116,5 @@ class Scorer:
             threshold=np.array([o.threshold for o in outs]),
             detector_signal=np.array([o.detector_signal for o in outs]),
             final_state=h,
+            alarm_cause=np.array([o.alarm_cause for o in outs], dtype=np.int64),
         )

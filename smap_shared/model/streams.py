@@ -67,7 +67,7 @@ def encode_output(index: int, out: StepOutput) -> str:
     return json.dumps({
         "i": index, "r": out.reconstruction.tolist(), "e": out.sensor_error.tolist(),
         "s": out.anomaly_score, "d": out.anomaly_detected, "t": out.threshold,
-        "g": out.detector_signal,
+        "g": out.detector_signal, "c": out.alarm_cause,
     })
 
 
@@ -77,6 +77,7 @@ def decode_output(text: str | bytes) -> tuple[int, StepOutput]:
         reconstruction=np.asarray(d["r"], dtype=np.float64), sensor_error=np.asarray(d["e"], dtype=np.float64),
         anomaly_score=float(d["s"]), anomaly_detected=bool(d["d"]), threshold=float(d["t"]),
         detector_signal=float(d.get("g", "nan")),  # absent in history written before the output existed
+        alarm_cause=int(d.get("c", 0)),
     )
     return int(d["i"]), out
 

@@ -80,6 +80,8 @@ def result_message(result: InferenceResult) -> dict[str, Any]:
         "threshold": result.threshold,
         # the value the deployed rule compares with `threshold` (absent from older results)
         "detector_signal": getattr(result, "detector_signal", None),
+        # why anomaly_detected is set (names of smap_shared.model.rules.ALARM_CAUSES; [] without an alarm)
+        "alarm_causes": result.alarm_causes,
         "ground_truth": max(labels.values()) if labels else None,
         "sensors": [
             {"id": s, "value": result.sensor_values[s], "reconstruction": result.reconstruction[s],

@@ -20,6 +20,7 @@ from typing import Protocol
 import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
 
+from smap_shared.model.rules import ALARM_CAUSES
 from smap_shared.schemas import SENSOR_KEY, InferenceResult
 from smap_shared.settings import ConsumerSettings
 from smap_shared.streaming.kafka import (
@@ -91,6 +92,11 @@ def result_lines(result: InferenceResult) -> list[str]:
     if result.detector_signal is not None and math.isfinite(result.detector_signal):
         # the rule's own signal: the series to draw smap_anomaly_threshold against
         lines.append(f"smap_detector_signal{{{base}}} {_num(result.detector_signal)} {ts}")
+    # one 0/1 series per cause, so PromQL can ask which alarms a step or a quiet value raised
+    lines.extend(
+        f"smap_alarm_cause{{{_labels({**stream, 'cause': name})}}} {int(bool(result.alarm_cause & bit))} {ts}"
+        for bit, name in ALARM_CAUSES.items()
+    )
     labels = result.ground_truth_labels
     if labels:
         lines.append(f"smap_ground_truth_anomaly{{{base}}} {max(labels.values())} {ts}")

@@ -158,6 +158,7 @@ def build_result(task: InferenceTask, outputs: ModelOutputs, inference_time_ms: 
         anomaly_score=outputs.anomaly_score, anomaly_detected=outputs.anomaly_detected,
         threshold=outputs.threshold,
         detector_signal=outputs.detector_signal if math.isfinite(outputs.detector_signal) else None,
+        alarm_cause=outputs.alarm_cause,
         inference_time_ms=inference_time_ms,
         ground_truth_labels=dict(task.ground_truth_labels), duplicate=outputs.duplicate, gap=outputs.gap,
     )

@@ -14,7 +14,7 @@ Array = npt.NDArray[np.float64]
 INPUTS = ("input_data", "stream_id", "sequence_index")
 OUTPUTS = (
     "reconstruction", "anomaly_score", "anomaly_detected", "sensor_error", "threshold", "detector_signal",
-    "duplicate", "gap",
+    "alarm_cause", "duplicate", "gap",
 )
 
 
@@ -28,6 +28,7 @@ class ModelOutputs:
     duplicate: bool
     gap: int
     detector_signal: float  # what the decision rule compares with threshold
+    alarm_cause: int  # smap_shared.model.rules.ALARM_CAUSES bits behind the alarm in force (0: none)
 
 
 class TritonInferenceError(RuntimeError):
@@ -92,4 +93,5 @@ class OmniAnomalyClient:
             duplicate=bool(res.as_numpy("duplicate")[0]),
             gap=int(res.as_numpy("gap")[0]),
             detector_signal=float(res.as_numpy("detector_signal")[0]),
+            alarm_cause=int(res.as_numpy("alarm_cause")[0]),
         )

@@ -33,6 +33,7 @@ output [
   {{ name: "sensor_error" data_type: TYPE_FP64 dims: [ {n} ] }},
   {{ name: "threshold" data_type: TYPE_FP64 dims: [ 1 ] }},
   {{ name: "detector_signal" data_type: TYPE_FP64 dims: [ 1 ] }},
+  {{ name: "alarm_cause" data_type: TYPE_INT64 dims: [ 1 ] }},
   {{ name: "duplicate" data_type: TYPE_BOOL dims: [ 1 ] }},
   {{ name: "gap" data_type: TYPE_INT64 dims: [ 1 ] }}
 ]

@@ -25,6 +25,7 @@ from smap_shared.data import VendoredSource
 from smap_shared.fleet import default_fleet, stream_id
 from smap_shared.infra.chain import Chain, running_chain
 from smap_shared.model.checkpoint import Checkpoint
+from smap_shared.model.rules import ALARM_CAUSES
 from smap_shared.model.scorer import Scorer
 from smap_shared.schemas import DeadLetter, InferenceResult
 
@@ -33,12 +34,13 @@ pytestmark = pytest.mark.integration
 START, STEPS = 4500, 300  # crosses the labelled anomalies of, P-1, G-1
 STREAMS = default_fleet().streams()
 ENTITIES = [e for _, e in STREAMS]
-METRICS = {
-    "smap_anomaly_score": False, "smap_anomaly_detected": False, "smap_anomaly_threshold": False,
-    "smap_detector_signal": False,
-    "smap_inference_time_ms": False, "smap_ground_truth_anomaly": False,
-    "smap_sensor_value": True, "smap_sensor_reconstruction": True, "smap_sensor_error": True,
-    "smap_sensor_ground_truth": True,
+#: every metric name, with the label each of its series adds to satellite_id and entity
+METRICS: dict[str, str | None] = {
+    "smap_anomaly_score": None, "smap_anomaly_detected": None, "smap_anomaly_threshold": None,
+    "smap_detector_signal": None, "smap_alarm_cause": "cause",
+    "smap_inference_time_ms": None, "smap_ground_truth_anomaly": None,
+    "smap_sensor_value": "sensor", "smap_sensor_reconstruction": "sensor", "smap_sensor_error": "sensor",
+    "smap_sensor_ground_truth": "sensor",
 }
 BAD_MESSAGES: list[tuple[bytes, str]] = [
     (b"not json at all", "invalid_json"),
@@ -125,6 +127,7 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
                 assert r.anomaly_detected == bool(ref.anomaly_detected[i])
                 assert r.threshold == pytest.approx(ref.threshold[i], abs=1e-9)
                 assert r.detector_signal == pytest.approx(ref.detector_signal[i], abs=1e-9)
+                assert r.alarm_cause == int(ref.alarm_cause[i])
                 assert r.sensor_values == {f"sensor_{j}": float(seq[i, j]) for j in range(seq.shape[1])}
                 label = int(any(START + i in iv for iv in source.load(entity).labels))
                 assert set(r.ground_truth_labels.values()) == {label}
@@ -149,15 +152,16 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
         chain.wait_for(all_in_vm, 240, "VictoriaMetrics to hold every anomaly score")
     except TimeoutError as exc:
         raise AssertionError(f"VictoriaMetrics holds {seen[0]} of {total} anomaly scores") from exc
-    for name, per_sensor in METRICS.items():
+    for name, extra in METRICS.items():
         series = _vm_export(chain, f'{{__name__="{name}"}}')
         labels = {tuple(sorted(s["metric"].items())) for s in series}  # type: ignore[union-attr]
-        expected_series = sum(offline[e].n_sensors if per_sensor else 1 for e in ENTITIES)
+        per_stream = {"sensor": lambda e: offline[e].n_sensors, "cause": lambda e: len(ALARM_CAUSES)}
+        expected_series = sum(per_stream[extra](e) if extra else 1 for e in ENTITIES)
         assert len(labels) == len(series) == expected_series, name
         for s in series:
             metric = s["metric"]
             assert isinstance(metric, dict)
-            keys = {"__name__", "satellite_id", "entity"} | ({"sensor"} if per_sensor else set())
+            keys = {"__name__", "satellite_id", "entity"} | ({extra} if extra else set())
             assert set(metric) == keys, (name, metric)
             assert (metric["satellite_id"], metric["entity"]) in STREAMS
             stamps = s["timestamps"]

@@ -93,6 +93,7 @@ class FakeTriton(BaseHTTPRequestHandler):
             out("sensor_error", "FP64", ((values - recon) ** 2).tolist()),
             out("threshold", "FP64", [1.5]),
             out("detector_signal", "FP64", [index + 0.25]),
+            out("alarm_cause", "INT64", [8 if index % 2 == 0 else 0]),
             out("duplicate", "BOOL", [False]),
             out("gap", "INT64", [0]),
         ]})
@@ -165,6 +166,7 @@ def test_worker_runs_tasks_in_order_with_in_place_retries(broker_url: str) -> No
         assert r2.ground_truth_labels == {"sensor_0": 0}
         assert r2.inference_time_ms > 0
         assert (r2.threshold, r2.detector_signal) == (1.5, 2.25)
+        assert (r2.alarm_cause, r2.alarm_causes) == (8, ["value_quiet"])
         calls = [(m, sid, idx) for m, _, sid, idx in FakeTriton.calls]
         # one call each, except index 2: 503 once, retried in place before index 3 ran
         assert calls == [("smap_A-1", "SAT-001/A-1", i) for i in (0, 1, 2, 2, 3)]

@@ -69,6 +69,7 @@ def _check(entity: str, i: int, got: object, ref: SequenceOutput) -> None:
     assert got.anomaly_detected == bool(ref.anomaly_detected[i])
     assert got.threshold == pytest.approx(ref.threshold[i], abs=1e-9)
     assert got.detector_signal == pytest.approx(ref.detector_signal[i], abs=1e-9)
+    assert got.alarm_cause == int(ref.alarm_cause[i])
 
 
 def test_interleaved_streams_redelivery_and_crash_restart(

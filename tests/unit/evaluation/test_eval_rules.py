@@ -11,10 +11,14 @@ import numpy.typing as npt
 import pytest
 
 from smap_shared.model.rules import (
+    CAUSE_ERROR,
+    CAUSE_VALUE_QUIET,
+    CAUSE_VALUE_STEP,
     CausalNdtRule,
     FixedRule,
     RuleStream,
     TrainPotRule,
+    cause_names,
     rule_from_dict,
 )
 
@@ -151,6 +155,7 @@ def test_step_alarm_fires_on_a_value_jump_larger_than_any_in_training() -> None:
     assert rule.train_max_step == 0.5
     out = rule.run(te_s, te_e, raw=test_raw)
     assert np.flatnonzero(out.detected).tolist() == [400, 401, 402, 403]  # fired at the jump, held 3 steps
+    assert out.cause[out.detected].tolist() == [CAUSE_VALUE_STEP] * 4 and not out.cause[~out.detected].any()
     without = rule.run(te_s, te_e)  # no raw rows: no step alarm
     assert not without.detected.any()
     # a stream agrees with the offline run, also across a save/restore of its state
@@ -192,6 +197,7 @@ def test_quiet_alarm_fires_when_the_value_goes_flatter_than_in_training() -> Non
     # not fire again while the value stays flat nor on the train-like signal
     assert flagged.size == 4 and 300 < flagged[0] < 320
     assert flagged.tolist() == list(range(flagged[0], flagged[0] + 4))
+    assert set(out.cause[flagged].tolist()) == {CAUSE_VALUE_QUIET} and not out.cause[~out.detected].any()
     assert not rule.run(te_s, te_e, raw=train_raw).detected.any()
     assert not rule.run(te_s, te_e).detected.any()  # no raw rows: no quiet alarm
     stream = RuleStream(rule)
@@ -222,6 +228,40 @@ def test_a_flat_train_value_at_rounding_noise_keeps_the_quiet_alarm_off() -> Non
     test_raw = np.full((300, 2), 0.5)  # flat too (std exactly 0 here): normal for this channel
     assert not rule.run(te_s, te_e, raw=test_raw).detected.any()
     assert rule.train_quiet_min == 0.0 and rule.train_quiet_max == 0.0
+
+
+def test_an_alarm_reports_every_cause_that_fired_since_it_began() -> None:
+    n = 400
+    tr_s, tr_e = synthetic(n, 24)
+    te_s, te_e = synthetic(n, 25)
+    t = np.arange(n)
+    train_raw = np.zeros((n, 2))
+    train_raw[:, 0] = np.sin(t / 3.0)  # steps up to ~0.33, rolling std never near 0
+    test_raw = train_raw.copy()
+    test_raw[200:, 0] = 3.0  # a jump (step alarm at 200), then flat (quiet alarm ~20 steps later)
+    rule = CausalNdtRule(window=100, stride=10, buffer=5, hold=30, warmup=0, step_factor=1.5,
+                         quiet_window=20).fit(tr_s, tr_e, train_raw)
+    out = rule.run(te_s, te_e, raw=test_raw)
+    on = np.flatnonzero(out.detected)
+    assert on[0] == 200 and out.cause[200] == CAUSE_VALUE_STEP
+    assert out.cause[on[-1]] == CAUSE_VALUE_STEP | CAUSE_VALUE_QUIET  # the quiet alarm joined the held one
+    assert cause_names(int(out.cause[on[-1]])) == ["value_step", "value_quiet"]
+    assert not out.cause[~out.detected].any()
+    # a stream reports the same causes step by step (Scorer and Triton read them this way)
+    stream = RuleStream(rule)
+    got = []
+    for i in range(n):
+        detected, _ = stream.update(float(te_s[i]), te_e[i], test_raw[i])
+        got.append(rule.cause(stream.state, detected))
+    assert got == out.cause.tolist()
+
+
+def test_score_rules_report_the_error_cause() -> None:
+    s = np.array([0.1, 0.5, 0.2])
+    run = FixedRule(threshold=0.3).run(s, np.zeros((3, 1)))
+    assert run.cause.tolist() == [0, CAUSE_ERROR, 0]
+    step = [FixedRule(threshold=0.3).cause(np.zeros(0), bool(x > 0.3)) for x in s]
+    assert step == run.cause.tolist()
 
 
 def test_older_rule_dicts_behave_as_before() -> None:

@@ -134,6 +134,8 @@ def test_result_message_has_the_spec_fields_in_sensor_order() -> None:
                                "ground_truth": 1}
     assert m["sensors"][10]["error"] == 10.0
     assert result_message(_result(ground_truth_labels={}))["ground_truth"] is None
+    assert m["alarm_causes"] == []
+    assert result_message(_result(alarm_cause=2 | 4))["alarm_causes"] == ["error_above_train_level", "value_step"]
 
 
 def test_decode_results_alerts_and_garbage() -> None:

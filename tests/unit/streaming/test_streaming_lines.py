@@ -17,7 +17,7 @@ def _result(**overrides: Any) -> InferenceResult:
         "reconstruction": {"sensor_0": 0.2, "sensor_1": 0.875},
         "sensor_error": {"sensor_0": 0.0025, "sensor_1": 1e-05},
         "anomaly_score": 12.5, "anomaly_detected": True, "threshold": 7.0, "inference_time_ms": 3.25,
-        "detector_signal": 6.5,
+        "detector_signal": 6.5, "alarm_cause": 4 | 8,
         "ground_truth_labels": {"sensor_0": 1, "sensor_1": 1},
     }
     fields.update(overrides)
@@ -33,6 +33,10 @@ def test_exact_lines() -> None:
         f"smap_inference_time_ms{{{a}}} 3.25 {ts}",
         f"smap_anomaly_threshold{{{a}}} 7.0 {ts}",
         f"smap_detector_signal{{{a}}} 6.5 {ts}",
+        f'smap_alarm_cause{{{a},cause="error_above_threshold"}} 0 {ts}',
+        f'smap_alarm_cause{{{a},cause="error_above_train_level"}} 0 {ts}',
+        f'smap_alarm_cause{{{a},cause="value_step"}} 1 {ts}',
+        f'smap_alarm_cause{{{a},cause="value_quiet"}} 1 {ts}',
         f"smap_ground_truth_anomaly{{{a}}} 1 {ts}",
         f'smap_sensor_value{{{a},sensor="sensor_0"}} 0.25 {ts}',
         f'smap_sensor_value{{{a},sensor="sensor_1"}} 1.0 {ts}',
@@ -56,7 +60,13 @@ def test_ground_truth_is_the_max_and_optional() -> None:
     assert any(line.startswith("smap_anomaly_detected{") and " 0 " in line for line in mixed)
     without = result_lines(_result(ground_truth_labels={}))
     assert not [line for line in without if "ground_truth" in line]
-    assert len(without) == 5 + 3 * 2
+    assert len(without) == 5 + 4 + 3 * 2
+
+
+def test_alarm_causes_by_name() -> None:
+    assert _result(alarm_cause=4 | 8).alarm_causes == ["value_step", "value_quiet"]
+    assert _result(alarm_cause=0).alarm_causes == []
+    assert _result().model_copy(update={"alarm_cause": 1}).alarm_causes == ["error_above_threshold"]
 
 
 def test_detector_signal_only_when_known() -> None:

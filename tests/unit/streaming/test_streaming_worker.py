@@ -22,7 +22,7 @@ def _outputs(duplicate: bool = False, gap: int = 0) -> ModelOutputs:
     return ModelOutputs(
         reconstruction=np.array([0.5, 0.25, 1.0]), sensor_error=np.array([0.25, 0.0625, 0.0]),
         anomaly_score=4.5, anomaly_detected=True, threshold=3.25, duplicate=duplicate, gap=gap,
-        detector_signal=2.75,
+        detector_signal=2.75, alarm_cause=1 | 4,
     )
 
 
@@ -97,7 +97,8 @@ def test_success_builds_and_publishes_the_result() -> None:
         "reconstruction": {"sensor_0": 0.5, "sensor_1": 0.25, "sensor_2": 1.0},
         "sensor_error": {"sensor_0": 0.25, "sensor_1": 0.0625, "sensor_2": 0.0},
         "anomaly_score": 4.5, "anomaly_detected": True, "threshold": 3.25, "detector_signal": 2.75,
-        "ground_truth_labels": {"sensor_0": 1, "sensor_1": 1, "sensor_2": 1}, "duplicate": False, "gap": 0,
+        "alarm_cause": 5, "ground_truth_labels": {"sensor_0": 1, "sensor_1": 1, "sensor_2": 1},
+        "duplicate": False, "gap": 0,
     }
     assert result.timestamp.isoformat() == "2026-11-28T09:00:00.500000+00:00"
     assert 0 <= result.inference_time_ms < 1000
@@ -160,7 +161,7 @@ def test_invalid_kwargs_and_wrong_output_width() -> None:
     runner = _runner(FakeClient(), FakePublisher(), [])
     with pytest.raises(w.PermanentTaskError, match="invalid task kwargs"):
         runner.execute({"satellite_id": "SAT-001"})
-    short = ModelOutputs(np.zeros(2), np.zeros(2), 0.0, False, 1.0, False, 0, 0.5)
+    short = ModelOutputs(np.zeros(2), np.zeros(2), 0.0, False, 1.0, False, 0, 0.5, 0)
     with pytest.raises(w.PermanentTaskError, match="shapes"):
         _runner(FakeClient(outputs=short), FakePublisher(), []).execute(_kwargs())
 
