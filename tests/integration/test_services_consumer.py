@@ -42,6 +42,7 @@ def _result(sat: str, index: int) -> InferenceResult:
         reconstruction={"sensor_0": 0.123456789 + index, "sensor_1": 0.5},
         sensor_error={"sensor_0": 1e-07 * (index + 1), "sensor_1": 0.25},
         anomaly_score=10.0 + index * 0.125, anomaly_detected=index == 2, threshold=10.5, inference_time_ms=2.75,
+        alarm_cause=8 if index == 2 else 0,
         ground_truth_labels={"sensor_0": int(index >= 1), "sensor_1": int(index >= 1)},
     )
 
@@ -56,7 +57,7 @@ def _settings(run: str, **kw: Any) -> ConsumerSettings:
 
 
 def _export(sat: str) -> dict[tuple[str, str], tuple[list[float], list[int]]]:
-    """(metric name, sensor) -> (values, timestamps ms) of every series of satellite `sat`."""
+    """(metric name, sensor or cause) -> (values, timestamps ms) of every series of satellite `sat`."""
     urllib.request.urlopen(f"{VM}/internal/force_flush", timeout=5).read()
     query = urllib.parse.urlencode({"match[]": f'{{satellite_id="{sat}"}}'})
     with urllib.request.urlopen(f"{VM}/api/v1/export?{query}", timeout=5) as resp:
@@ -67,7 +68,8 @@ def _export(sat: str) -> dict[tuple[str, str], tuple[list[float], list[int]]]:
         metric = series["metric"]
         assert (metric["satellite_id"], metric["entity"]) == (sat, "A-1")
         pairs = sorted(zip(series["timestamps"], series["values"], strict=True))
-        out[(metric["__name__"], metric.get("sensor", ""))] = ([v for _, v in pairs], [t for t, _ in pairs])
+        key = metric.get("sensor", metric.get("cause", ""))
+        out[(metric["__name__"], key)] = ([v for _, v in pairs], [t for t, _ in pairs])
     return out
 
 
@@ -81,7 +83,7 @@ async def _wait_for_samples(sat: str, samples: int, timeout_s: float) -> dict[An
         await asyncio.sleep(0.2)
 
 
-SERIES_PER_RESULT = 5 + 4 * 2  # 5 stream metrics, 4 per-sensor metrics x 2 sensors
+SERIES_PER_RESULT = 5 + 4 + 4 * 2  # 5 stream metrics, 4 alarm causes, 4 per-sensor metrics x 2 sensors
 
 
 def test_consumer_writes_exact_values_and_dead_letters_invalid_results() -> None:
@@ -111,6 +113,8 @@ def test_consumer_writes_exact_values_and_dead_letters_invalid_results() -> None
         assert series[("smap_sensor_reconstruction", "sensor_0")] == ([0.123456789, 1.123456789, 2.123456789], ts)
         assert series[("smap_sensor_error", "sensor_0")] == ([1e-07, 2e-07, 3e-07], ts)
         assert series[("smap_sensor_ground_truth", "sensor_1")] == ([0, 1, 1], ts)
+        assert series[("smap_alarm_cause", "value_quiet")] == ([0, 0, 1], ts)
+        assert series[("smap_alarm_cause", "value_step")] == ([0, 0, 0], ts)
         assert len(series) == SERIES_PER_RESULT
 
         committed, end = await committed_and_end(BOOTSTRAP, settings.results_topic, settings.consumer_group_id)
