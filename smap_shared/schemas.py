@@ -194,6 +194,9 @@ class AlertEvent(_Frozen):
     stream_id: str
     score: float  # anomaly_score at this event (at firing: the score at firing time)
     top_sensors: list[SensorContribution] = Field(default_factory=list)
+    #: why the detector alarmed since the alert opened (InferenceResult.alarm_causes names); [] for a rule on
+    #: the score alone while the detector did not alarm
+    alarm_causes: list[str] = Field(default_factory=list)
     started_at: UtcDatetime  # first frame of the condition
     at: UtcDatetime  # when this event happened (frame timestamp)
     acknowledged: bool = False

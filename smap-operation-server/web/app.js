@@ -331,7 +331,8 @@
   function onAlert(ev) {
     const a = state.alerts.get(ev.alert_id) || { id: ev.alert_id, score_at_firing: ev.score };
     Object.assign(a, { rule: ev.rule, severity: ev.severity, state: ev.state, satellite_id: ev.satellite_id,
-      entity: ev.entity, sensor: ev.sensor, top_sensors: ev.top_sensors, started_at: ev.started_at });
+      entity: ev.entity, sensor: ev.sensor, top_sensors: ev.top_sensors, started_at: ev.started_at,
+      alarm_causes: ev.alarm_causes || a.alarm_causes });
     if (ev.event === "firing") { a.fired_at = ev.at; a.score_at_firing = ev.score; }
     if (ev.event === "resolved") a.resolved_at = ev.at;
     if (ev.event === "acknowledged" || ev.acknowledged) a.acknowledged_at = a.acknowledged_at || ev.at;
@@ -356,6 +357,7 @@
         `#${a.id} ${a.severity || ""} ${a.state || ""}: ${a.rule || ""}`,
         `${a.entity || ""}${a.sensor ? " / " + a.sensor : ""}, score ${fmt(a.score_at_firing)}`,
         top ? `top sensors: ${top}` : "",
+        (a.alarm_causes || []).length ? `why: ${a.alarm_causes.map((c) => CAUSE_TEXT[c] || c).join("; ")}` : "",
         a.acknowledged_at ? `acknowledged${a.acknowledged_by ? " by " + a.acknowledged_by : ""}` : "",
       ];
       for (const text of lines.filter(Boolean)) {

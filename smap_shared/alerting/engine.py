@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from smap_shared.alerting.rules import AlertRule, Consecutive, DetectionsInWindow, ScoreAbove
+from smap_shared.model.rules import cause_names
 from smap_shared.schemas import SENSOR_KEY, AlertState, InferenceResult, SensorContribution
 
 Phase = Literal["idle", "pending", "firing"]
@@ -46,6 +47,8 @@ class LifecycleState:
     #: per sensor, the largest reconstruction error since the alert opened: the frame that trips a detector
     #: is often not the one that fires (N consecutive frames later), and its culprit must not be lost
     peak: tuple[tuple[str, float], ...] = ()
+    #: the detector's alarm causes (InferenceResult.alarm_cause bits) seen since the alert opened
+    causes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,7 +56,7 @@ class LifecycleState:
             "since": None if self.since is None else self.since.isoformat(),
             "hits": [h.isoformat() for h in self.hits], "last_index": self.last_index,
             "last_notified_at": None if self.last_notified_at is None else self.last_notified_at.isoformat(),
-            "notified": self.notified, "peak": [list(p) for p in self.peak],
+            "notified": self.notified, "peak": [list(p) for p in self.peak], "causes": self.causes,
         }
 
     @classmethod
@@ -62,7 +65,7 @@ class LifecycleState:
             phase=d["phase"], streak=int(d["streak"]), clear=int(d["clear"]), since=_ts(d["since"]),
             hits=tuple(datetime.fromisoformat(h) for h in d["hits"]), last_index=d["last_index"],
             last_notified_at=_ts(d["last_notified_at"]), notified=bool(d["notified"]),
-            peak=tuple((str(k), float(v)) for k, v in d.get("peak", [])),
+            peak=tuple((str(k), float(v)) for k, v in d.get("peak", [])), causes=int(d.get("causes", 0)),
         )
 
 
@@ -81,6 +84,7 @@ class Transition:
     score: float  # anomaly_score of the frame
     started_at: datetime
     top_sensors: tuple[SensorContribution, ...] = ()
+    alarm_causes: tuple[str, ...] = ()  # why the detector alarmed since the alert opened (names)
     notify: bool = False
     message: str = ""
     fired: bool = field(default=False)  # for a resolution: whether the alert had fired
@@ -149,30 +153,31 @@ def step(
             rule=rule, key=(rule.name, stream_key(result.stream_id, sensor)), stream_id=result.stream_id,
             satellite_id=result.satellite_id, entity=result.entity, sensor=sensor, from_state=frm,
             to_state=to, at=at, index=result.index, score=result.anomaly_score, started_at=st.since,
-            top_sensors=top_sensors(dict(st.peak), rule.top_sensors), notify=notify, message=message,
-            fired=fired,
+            top_sensors=top_sensors(dict(st.peak), rule.top_sensors),
+            alarm_causes=tuple(cause_names(st.causes)), notify=notify, message=message, fired=fired,
         ))
 
     if st.phase == "idle":
         if not hit:
             return st, out
         st = replace(st, phase="pending", streak=1, clear=0, since=at, notified=False,
-                     peak=merge_peak((), result.sensor_error))
+                     peak=merge_peak((), result.sensor_error), causes=result.alarm_cause)
         emit(None, "pending", message=f"condition {cond.kind} started")
     elif st.phase == "pending":
         still = bool(st.hits) if isinstance(cond, DetectionsInWindow) else hit
         if not still:
             emit("pending", "resolved", message="condition cleared before firing")
-            return replace(st, phase="idle", streak=0, clear=0, since=None, peak=()), out
-        st = replace(st, streak=st.streak + 1 if hit else st.streak, peak=merge_peak(st.peak, result.sensor_error))
+            return replace(st, phase="idle", streak=0, clear=0, since=None, peak=(), causes=0), out
+        st = replace(st, streak=st.streak + 1 if hit else st.streak, peak=merge_peak(st.peak, result.sensor_error),
+                     causes=st.causes | result.alarm_cause)
     else:  # firing
         st = replace(st, streak=st.streak + 1 if hit else 0, clear=0 if hit else st.clear + 1,
-                     peak=merge_peak(st.peak, result.sensor_error))
+                     peak=merge_peak(st.peak, result.sensor_error), causes=st.causes | result.alarm_cause)
         if st.clear >= rule.resolve_after_frames:
             notify = rule.notify_resolved and st.notified and bool(channels)
             emit("firing", "resolved", notify=notify, fired=True,
                  message=f"clear for {st.clear} frames")
-            return replace(st, phase="idle", streak=0, clear=0, since=None, notified=False, peak=()), out
+            return replace(st, phase="idle", streak=0, clear=0, since=None, notified=False, peak=(), causes=0), out
         return st, out
     if st.phase == "pending" and _met(rule, st, at):
         cooling = st.last_notified_at is not None and (

@@ -44,6 +44,8 @@ def _summary(t: Transition, alert_id: int) -> tuple[str, list[str]]:
         "Top sensors (reconstruction error): "
         + ", ".join(f"{s.id}={s.error:.4g}" for s in t.top_sensors),
     ]
+    if t.alarm_causes:
+        lines.append("Why the detector alarmed: " + ", ".join(t.alarm_causes))
     return title, lines
 
 

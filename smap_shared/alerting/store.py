@@ -32,7 +32,7 @@ MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 MIGRATION_LOCK = 0x534D4150  # pg advisory lock id ("SMAP"): one migrator at a time
 ALERT_COLUMNS = (
     "id, rule, severity, state, satellite_id, entity, sensor, stream_id, score_at_firing, top_sensors, "
-    "started_at, fired_at, resolved_at, acknowledged_at, acknowledged_by, notified"
+    "alarm_causes, started_at, fired_at, resolved_at, acknowledged_at, acknowledged_by, notified"
 )
 STATES = ("pending", "firing", "resolved")
 SEVERITIES = ("info", "warning", "critical")
@@ -119,7 +119,8 @@ def alert_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "id": row["id"], "rule": row["rule"], "severity": row["severity"], "state": row["state"],
         "satellite_id": row["satellite_id"], "entity": row["entity"], "sensor": row["sensor"],
         "stream_id": row["stream_id"], "score_at_firing": row["score_at_firing"],
-        "top_sensors": row["top_sensors"], "started_at": iso(row["started_at"]), "fired_at": iso(row["fired_at"]),
+        "top_sensors": row["top_sensors"], "alarm_causes": row["alarm_causes"],
+        "started_at": iso(row["started_at"]), "fired_at": iso(row["fired_at"]),
         "resolved_at": iso(row["resolved_at"]), "acknowledged_at": iso(row["acknowledged_at"]),
         "acknowledged_by": row["acknowledged_by"], "acknowledged": row["acknowledged_at"] is not None,
         "notified": row["notified"],
@@ -151,7 +152,8 @@ def _event(t: Transition, alert_id: int) -> AlertEvent:
     return AlertEvent(
         event=t.to_state, alert_id=alert_id, rule=t.rule.name, severity=t.rule.severity, state=t.to_state,
         satellite_id=t.satellite_id, entity=t.entity, sensor=t.sensor, stream_id=t.stream_id, score=t.score,
-        top_sensors=list(t.top_sensors), started_at=t.started_at, at=t.at, message=t.message,
+        top_sensors=list(t.top_sensors), alarm_causes=list(t.alarm_causes), started_at=t.started_at, at=t.at,
+        message=t.message,
     )
 
 
@@ -210,9 +212,9 @@ class AlertStore:
                 if t.to_state == "firing":
                     await conn.execute(
                         "UPDATE alerts SET state = 'firing', fired_at = %s, fired_index = %s,"
-                        " score_at_firing = %s, top_sensors = %s, notified = %s WHERE id = %s",
-                        (t.at, t.index, t.score, Jsonb([s.model_dump() for s in t.top_sensors]), t.notify,
-                         alert_id))
+                        " score_at_firing = %s, top_sensors = %s, alarm_causes = %s, notified = %s WHERE id = %s",
+                        (t.at, t.index, t.score, Jsonb([s.model_dump() for s in t.top_sensors]),
+                         Jsonb(list(t.alarm_causes)), t.notify, alert_id))
                 elif t.to_state == "resolved":
                     await conn.execute(
                         "UPDATE alerts SET state = 'resolved', resolved_at = %s WHERE id = %s", (t.at, alert_id))
@@ -332,6 +334,7 @@ def event_of_alert(alert: Mapping[str, Any], event: str, message: str = "") -> A
         "state": alert["state"], "satellite_id": alert["satellite_id"], "entity": alert["entity"],
         "sensor": alert["sensor"], "stream_id": alert["stream_id"], "score": alert["score_at_firing"] or 0.0,
         "top_sensors": [SensorContribution.model_validate(s) for s in alert["top_sensors"]],
+        "alarm_causes": alert.get("alarm_causes") or [],
         "started_at": alert["started_at"], "at": at, "acknowledged": alert["acknowledged"], "message": message,
     })
 

@@ -28,6 +28,7 @@ from smap_shared.alerting.rules import load_rules
 from smap_shared.data import VendoredSource
 from smap_shared.infra.chain import Chain, running_chain
 from smap_shared.model.checkpoint import Checkpoint
+from smap_shared.model.rules import cause_names
 from smap_shared.model.scorer import Scorer
 from smap_shared.model.train import TrainConfig, train_entity
 
@@ -64,6 +65,10 @@ def test_a1_anomaly_fires_one_alert_notified_once(chain: Chain, deployed_a1: Pat
     peak = ref.sensor_error[fire - frames + 1 : fire + 1].max(axis=0)
     order = np.argsort(-peak, kind="stable")[:3]
     expected_top = [f"sensor_{k}" for k in order]
+    # why: every cause the deployed rule reported over the alert's frames
+    bits = int(np.bitwise_or.reduce(ref.alarm_cause[fire - frames + 1 : fire + 1]))
+    expected_causes = cause_names(bits)
+    assert expected_causes, "the detector alarmed without a cause"
 
     with throwaway_database() as db, WebhookReceiver().running() as hook, smtp_server() as (smtp_port, mails):
         # the chain's frames are stamped now: the default max notification age applies
@@ -86,6 +91,7 @@ def test_a1_anomaly_fires_one_alert_notified_once(chain: Chain, deployed_a1: Pat
             assert alert["score_at_firing"] == pytest.approx(ref.anomaly_score[fire], abs=1e-6)
             assert [s["id"] for s in alert["top_sensors"]] == expected_top
             assert alert["top_sensors"][0]["error"] == pytest.approx(peak[order[0]], abs=1e-6)
+            assert alert["alarm_causes"] == expected_causes
 
             status, one = manager.get(f"/api/smap/alerts/{alert['id']}")
             steps = [(t["from"], t["to"], t["index"]) for t in one["transitions"]]
@@ -100,6 +106,7 @@ def test_a1_anomaly_fires_one_alert_notified_once(chain: Chain, deployed_a1: Pat
             assert len(hook.posts) == 1 and len(mails) == 1
             assert STREAM in hook.posts[0][1]["text"] and expected_top[0] in str(hook.posts[0][1]["blocks"])
             assert STREAM in str(mails[0]["Subject"]) and expected_top[0] in mails[0].get_content()
+            assert "Why the detector alarmed: " + ", ".join(expected_causes) in mails[0].get_content()
 
             status, acked = manager.post(f"/api/smap/alerts/{alert['id']}/ack", {"by": "ops", "note": "seen"})
             assert status == 200 and acked["acknowledged_by"] == "ops"

@@ -45,8 +45,8 @@ def alert_event() -> bytes:
     now = utc_now()
     return AlertEvent(event="firing", alert_id=41, rule="a1-test", severity="critical", state="firing",
                       satellite_id="SAT-001", entity="A-1", stream_id="SAT-001/A-1", score=0.9,
-                      top_sensors=[SensorContribution(id="sensor_0", error=1.5)], started_at=now,
-                      at=now).model_dump_json().encode()
+                      top_sensors=[SensorContribution(id="sensor_0", error=1.5)], alarm_causes=["value_step"],
+                      started_at=now, at=now).model_dump_json().encode()
 
 
 def points(url: str) -> int:
@@ -116,7 +116,9 @@ def test_dashboard_shows_history_then_live(chain: Chain, tmp_path: Path) -> None
             sender.start()
             sender.join(60)
             page.wait_for_selector("#alerts li button", timeout=30_000)
-            assert "#41 critical firing: a1-test" in page.locator("#alerts").inner_text()
+            panel = page.locator("#alerts").inner_text()
+            assert "#41 critical firing: a1-test" in panel
+            assert "why: value jumped more than ever in training" in panel
             page.click("#alerts li button")
             page.wait_for_function("document.querySelector('#alerts-status').textContent.includes('failed')")
             page.wait_for_timeout(500)

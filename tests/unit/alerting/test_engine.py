@@ -147,6 +147,24 @@ def test_scope_filters_streams_and_top_sensors_rank_by_error() -> None:
     assert [s.id for s in top_sensors({"sensor_0": 1.0, "sensor_1": 2.0}, 5)] == ["sensor_1", "sensor_0"]
 
 
+def test_an_alert_names_every_detector_cause_since_it_opened() -> None:
+    engine, states = Engine([rule()]), {}  # type: ignore[var-annotated]
+    causes = [4, 4 | 8, 8]  # value_step at the start (sensors' errors may not show it), then value_quiet
+    out = [t for i, c in enumerate(causes) for t in engine.evaluate(result(i, True, alarm_cause=c), states)]
+    assert [(t.to_state, t.alarm_causes) for t in out] == [
+        ("pending", ("value_step",)), ("firing", ("value_step", "value_quiet"))]
+    [st] = states.values()
+    assert LifecycleState.from_json(st.to_json()) == st
+    # resolved, then a new alert starts from its own causes
+    for i in range(3, 6):
+        engine.evaluate(result(i, False), states)
+    again = [t for i in range(6, 9) for t in engine.evaluate(result(i, True, alarm_cause=1), states)]
+    assert again[-1].to_state == "firing" and again[-1].alarm_causes == ("error_above_threshold",)
+    # a state stored before causes existed loads with none
+    old = {k: v for k, v in st.to_json().items() if k != "causes"}
+    assert LifecycleState.from_json(old).causes == 0
+
+
 def test_top_sensors_are_the_peaks_since_the_alert_opened() -> None:
     # the frame that trips the detector (sensor_0 at 9.0) is two frames before the one that fires
     engine, states = Engine([rule()]), {}  # type: ignore[var-annotated]

@@ -18,7 +18,7 @@ from smap_shared.settings import AlertManagerSettings
 
 def firing(**kw: Any) -> Transition:
     engine, states = Engine([rule(channels=["slack", "email"], **kw)]), {}  # type: ignore[var-annotated]
-    frames = [result(i, True, score=0.42, errors=[0.1, 0.9, 0.5]) for i in range(3)]
+    frames = [result(i, True, score=0.42, errors=[0.1, 0.9, 0.5], alarm_cause=4) for i in range(3)]
     out = [t for f in frames for t in engine.evaluate(f, states)]
     assert out[-1].to_state == "firing"
     return out[-1]
@@ -41,6 +41,8 @@ def test_both_channels_render_the_alert_with_its_top_sensors_and_a_stable_id() -
     assert email["to"] == ["a@example.org", "b@example.org"]
     assert email["notification_id"] == str(uuid.uuid5(nid, "email")) != slack["notification_id"]
     assert "sensor_1=0.9" in email["body"] and email["subject"].startswith("SMAP alert: [CRITICAL]")
+    why = "Why the detector alarmed: value_step"
+    assert why in section and why in email["body"]
 
 
 def test_unconfigured_channels_are_skipped() -> None:
