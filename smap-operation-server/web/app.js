@@ -87,6 +87,10 @@
     charts.signal = timeChart("signal-chart", [
       { label: "detector signal", stroke: "#9467bd", width: 1.5, spanGaps: true },
       { label: "threshold", stroke: "#d62728", dash: [6, 4], width: 1.5, spanGaps: true },
+      // not drawn: its legend says why the alarm under the cursor is up (a step or a quiet value alarms
+      // while the signal stays under the threshold)
+      { label: "why", scale: "why", paths: () => null, points: { show: false },
+        value: (u, v, si, idx) => causeText(state.overview && idx != null ? state.overview.why[idx] : null) || "-" },
     ], () => overviewBands(false), 150);
     charts.sensor = timeChart("sensor-chart", [
       { label: "actual", stroke: "#1f77b4", width: 1.5, spanGaps: true },
@@ -122,7 +126,7 @@
     const o = state.overview;
     if (o) {
       charts.score.setData([o.timestamps, o.anomaly_score]);
-      charts.signal.setData([o.timestamps, o.detector_signal, o.threshold_series]);
+      charts.signal.setData([o.timestamps, o.detector_signal, o.threshold_series, o.detected]);
       setPoints("score-chart", o.anomaly_score.filter((v) => v != null).length);
       setPoints("signal-chart", o.detector_signal.filter((v) => v != null).length);
       $("signal-missing").hidden = o.detector_signal.some((v) => v != null);
@@ -174,11 +178,17 @@
     value_step: "value jumped more than ever in training",
     value_quiet: "value quieter than ever in training",
   };
+  const causeText = (causes) => (causes && causes.length ? causes.map((c) => CAUSE_TEXT[c] || c).join("; ") : "");
   function setState(stateName, causes) {
     const badge = $("state");
     badge.className = `badge ${stateName}`;
     badge.textContent = stateName;
-    $("cause").textContent = causes && causes.length ? causes.map((c) => CAUSE_TEXT[c] || c).join("; ") : "";
+    $("cause").textContent = stateName === "anomaly" ? causeText(causes) : "";
+  }
+  // per point, the names of the causes behind the alarm (the API gives one 0/1 series per cause)
+  function whyOf(body) {
+    const per = Object.entries(body.alarm_causes || {});
+    return body.timestamps.map((_, i) => per.filter(([, flags]) => flags[i] === 1).map(([name]) => name));
   }
 
   // ------------------------------------------------------------------ history
@@ -186,9 +196,11 @@
     const entity = state.entity;
     const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/overview?window=${$("window").value}`);
     if (entity !== state.entity) return;
+    body.why = whyOf(body);
     state.overview = body;
     $("overview-title").textContent = `${body.satellite_id} / ${entity}, threshold ${fmt(body.threshold)}`;
-    setState(body.current.state);
+    const at = body.timestamps.lastIndexOf(body.current.timestamp);
+    setState(body.current.state, at >= 0 ? body.why[at] : []);
     scheduleRender();
   }
   async function loadSensor() {
@@ -258,7 +270,7 @@
     const o = state.overview;
     if (o && !(o.timestamps.length && t <= o.timestamps[o.timestamps.length - 1])) {
       append(o, t, { anomaly_score: m.anomaly_score, detected: m.anomaly_detected ? 1 : 0,
-        detector_signal: m.detector_signal, threshold_series: m.threshold,
+        detector_signal: m.detector_signal, threshold_series: m.threshold, why: m.alarm_causes || [],
         ...(o.ground_truth ? { ground_truth: m.ground_truth } : {}) });
       o.threshold = m.threshold;
     }

@@ -27,13 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from smap_shared.evaluation.metrics import PA_K_REPORTED, ChannelMetrics, Counts, aggregate, channel_metrics
+from smap_shared.evaluation.metrics import (
+    PA_K_REPORTED,
+    ChannelMetrics,
+    Counts,
+    aggregate,
+    cause_tally,
+    channel_metrics,
+)
 from smap_shared.evaluation.plots import RuleTrace, plot_channel
 from smap_shared.evaluation.report import PUBLISHED, render_markdown
 from smap_shared.evaluation.scoring import score_channel
 from smap_shared.evaluation.selection import GRID, oracle_counts, selection_report
-from smap_shared.model.rules import DEPLOYED_RULE as DEPLOYED
 from smap_shared.model.rules import (
+    ALARM_CAUSES,
     DEPLOYED_RULE_NAME,
     HYBRID_RULE,
     STEP_RULE,
@@ -42,6 +49,7 @@ from smap_shared.model.rules import (
     Rule,
     TrainPotRule,
 )
+from smap_shared.model.rules import DEPLOYED_RULE as DEPLOYED
 
 #: The rules compared, in report order. All are fitted on train data only.
 RULES: dict[str, Rule] = {
@@ -64,6 +72,7 @@ class ChannelResult:
     seconds: float
     grid: dict[str, ChannelMetrics] | None = None  # selection diagnostics (see selection.py)
     oracle: tuple[Counts, Counts] | None = None
+    causes: dict[str, dict[str, int]] | None = None  # the deployed rule's alarm causes (metrics.cause_tally)
 
 
 def _summarise(params: dict[str, Any]) -> dict[str, Any]:
@@ -90,12 +99,15 @@ def evaluate_channel(
     metrics: dict[str, ChannelMetrics] = {}
     fitted: dict[str, dict[str, Any]] = {}
     traces: dict[str, RuleTrace] = {}
+    causes: dict[str, dict[str, int]] | None = None
     for name, rule in RULES.items():
         r = rule.fit(sc.train.score, sc.train.sensor_error, data.train)
         out = r.run(sc.test.score, sc.test.sensor_error, raw=data.test)
         metrics[name] = channel_metrics(out.detected, out.signal, sc.segments)
         fitted[name] = _summarise(r.to_dict())
         traces[name] = RuleTrace(out.signal, out.threshold, out.detected)
+        if name == DEPLOYED_RULE:
+            causes = cause_tally(out.detected, out.cause, sc.segments)
     grid: dict[str, ChannelMetrics] | None = None
     oracle: tuple[Counts, Counts] | None = None
     if selection:
@@ -113,7 +125,7 @@ def evaluate_channel(
             traces, DEPLOYED_RULE,
         )
     return ChannelResult(
-        channel, metrics, fitted, sc.checkpoint_threshold, time.perf_counter() - t0, grid, oracle
+        channel, metrics, fitted, sc.checkpoint_threshold, time.perf_counter() - t0, grid, oracle, causes
     )
 
 
@@ -146,6 +158,12 @@ def build_report(results: list[ChannelResult], args: argparse.Namespace, seconds
             "channels": {ch: {**m.as_dict(), "fitted": next(x.fitted[name] for x in results if x.channel == ch)}
                          for ch, m in per.items()},
         }
+    # which of the deployed rule's alarms found the events and raised the false alarms
+    rules[DEPLOYED_RULE]["alarm_causes"] = {
+        kind: {name: sum((r.causes or {}).get(kind, {}).get(name, 0) for r in results)
+               for name in ALARM_CAUSES.values()}
+        for kind in ("events", "false_alarms")
+    }
     selection = None
     if all(r.grid is not None and r.oracle is not None for r in results) and len(results) >= 2:
         selection = selection_report(

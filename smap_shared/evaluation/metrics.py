@@ -118,6 +118,29 @@ def event_metrics(pred: npt.ArrayLike, segments: Sequence[Span]) -> EventResult:
     return EventResult(Counts(tp, len(false_runs), len(segs) - tp), detected, delays, false_runs)
 
 
+def cause_tally(pred: npt.ArrayLike, cause: npt.ArrayLike, segments: Sequence[Span]) -> dict[str, dict[str, int]]:
+    """Which alarms did the work: per cause name (smap_shared.model.rules.ALARM_CAUSES), the detected events
+    whose first flagged row carried it and the false-alarm runs (event level) that carried it anywhere."""
+    from smap_shared.model.rules import ALARM_CAUSES
+
+    p = np.asarray(pred, dtype=bool)
+    c = np.asarray(cause, dtype=np.int64)
+    if p.shape != c.shape:
+        raise ValueError(f"pred {p.shape} and cause {c.shape} differ in shape")
+    ev = event_metrics(p, segments)
+    found = dict.fromkeys(ALARM_CAUSES.values(), 0)
+    false = dict.fromkeys(ALARM_CAUSES.values(), 0)
+    for (a, _), delay in zip(clip_segments(segments, p.size), ev.delays, strict=True):
+        if delay is not None:
+            for bit, name in ALARM_CAUSES.items():
+                found[name] += bool(c[a + delay] & bit)
+    for a, b in ev.false_runs:
+        bits = int(np.bitwise_or.reduce(c[a : b + 1]))
+        for bit, name in ALARM_CAUSES.items():
+            false[name] += bool(bits & bit)
+    return {"events": found, "false_alarms": false}
+
+
 def point_counts(pred: npt.ArrayLike, truth: npt.ArrayLike) -> Counts:
     p = np.asarray(pred, dtype=bool)
     t = np.asarray(truth, dtype=bool)

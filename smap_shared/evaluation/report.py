@@ -126,6 +126,15 @@ def render_markdown(report: dict[str, Any], plots_dir: Path | None = None, md_pa
         f"**{_f(agg['point']['f1'])}** (no point-adjust). Goals: event F1 >= 0.855 "
         f"({'met' if agg['event']['f1'] >= 0.855 else 'not met'}), point-wise F1 >= 0.55 "
         f"({'met' if agg['point']['f1'] >= 0.55 else 'not met'}).")
+    causes = report["rules"][dep].get("alarm_causes")
+    if causes:
+        def tally(kind: str) -> str:
+            return ", ".join(f"`{k}` {v}" for k, v in causes[kind].items())
+
+        add("")
+        add(f"Which of its alarms did the work (an alarm names every cause since it began, so counts may "
+            f"overlap): the first flagged row of each detected event carried {tally('events')}; the false "
+            f"alarms carried {tally('false_alarms')}.")
     sel = report.get("selection")
     if sel:
         cv = sel["cross_validated"]

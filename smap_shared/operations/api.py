@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from smap_shared.fleet import Fleet, FleetError
+from smap_shared.model.rules import ALARM_CAUSES
 from smap_shared.operations.params import TimeRange, parse_lookback, parse_range, parse_time
 from smap_shared.operations.vm import Series, VictoriaClient, VictoriaUnavailableError, align, rollup
 from smap_shared.schemas import SENSOR_KEY
@@ -26,7 +27,7 @@ from smap_shared.schemas import SENSOR_KEY
 log = logging.getLogger(__name__)
 
 SCORE, DETECTED, THRESHOLD = "smap_anomaly_score", "smap_anomaly_detected", "smap_anomaly_threshold"
-SIGNAL, GROUND_TRUTH = "smap_detector_signal", "smap_ground_truth_anomaly"
+SIGNAL, GROUND_TRUTH, CAUSE = "smap_detector_signal", "smap_ground_truth_anomaly", "smap_alarm_cause"
 VALUE, RECON, ERROR, SENSOR_GT = ("smap_sensor_value", "smap_sensor_reconstruction", "smap_sensor_error",
                                   "smap_sensor_ground_truth")
 
@@ -79,8 +80,13 @@ def _range_fields(tr: TimeRange) -> dict[str, float]:
 
 
 def overview_body(satellite_id: str, entity: str, tr: TimeRange, series: list[Series]) -> dict[str, Any]:
-    named = _by_name(series)
-    stamps, cols = align({k: named.get(k) for k in (SCORE, DETECTED, THRESHOLD, SIGNAL, GROUND_TRUTH)})
+    named = _by_name([s for s in series if s.name != CAUSE])
+    # smap_alarm_cause has one series per cause: keyed by its cause label
+    causes = {s.metric.get("cause", ""): s for s in series if s.name == CAUSE}
+    stamps, cols = align({
+        **{k: named.get(k) for k in (SCORE, DETECTED, THRESHOLD, SIGNAL, GROUND_TRUTH)},
+        **{f"{CAUSE}:{c}": causes.get(c) for c in ALARM_CAUSES.values()},
+    })
     detected = _ints(cols[DETECTED])
     current: dict[str, Any] = {"state": "unknown", "timestamp": None, "anomaly_score": None}
     for i in range(len(stamps) - 1, -1, -1):
@@ -97,6 +103,7 @@ def overview_body(satellite_id: str, entity: str, tr: TimeRange, series: list[Se
         "threshold": _latest(cols[THRESHOLD]),
         "threshold_series": cols[THRESHOLD],
         "ground_truth": _ints(cols[GROUND_TRUTH]) if GROUND_TRUTH in named else None,
+        "alarm_causes": {c: _ints(cols[f"{CAUSE}:{c}"]) for c in ALARM_CAUSES.values()},
         "current": current,
     }
 
@@ -189,7 +196,8 @@ async def entity_overview(request: web.Request) -> web.Response:
     labels = {"satellite_id": sat, "entity": entity}
     vm = request.app[VICTORIA]
     peaks, lasts = await asyncio.gather(
-        vm.query_range(rollup("max_over_time", [SCORE, DETECTED, SIGNAL, GROUND_TRUTH], labels, tr.step_ms), tr),
+        vm.query_range(rollup("max_over_time", [SCORE, DETECTED, SIGNAL, GROUND_TRUTH, CAUSE], labels, tr.step_ms),
+                       tr),
         vm.query_range(rollup("last_over_time", [THRESHOLD], labels, tr.step_ms), tr),
     )
     return web.json_response(overview_body(sat, entity, tr, peaks + lasts))

@@ -111,7 +111,8 @@ def openapi_document() -> dict[str, Any]:
                            "additionalProperties": {"$ref": "#/components/schemas/EntityStatus"}}}},
             "Overview": {"type": "object", "required": [
                 "satellite_id", "entity", "start", "end", "step", "timestamps", "anomaly_score", "detected",
-                "detector_signal", "threshold", "threshold_series", "ground_truth", "current"], "properties": {
+                "detector_signal", "threshold", "threshold_series", "ground_truth", "alarm_causes", "current"],
+                "properties": {
                 "satellite_id": {"type": "string"}, "entity": {"type": "string"}, **_RANGE_OUT,
                 "anomaly_score": _NUMS, "detected": _FLAGS,
                 "detector_signal": {**_NUMS, "description": "The value the deployed rule compares with the "
@@ -120,6 +121,10 @@ def openapi_document() -> dict[str, Any]:
                 "threshold_series": _NUMS,
                 "ground_truth": {"type": ["array", "null"], "items": {"type": ["integer", "null"]},
                                  "description": "Labelled anomaly (simulator labels); null when none stored."},
+                "alarm_causes": {"type": "object", "additionalProperties": _FLAGS, "description":
+                                 "Per cause of the deployed rule's alarm (error_above_threshold, "
+                                 "error_above_train_level, value_step, value_quiet): 1 where it was behind "
+                                 "the alarm at that point, 0 where not, null where nothing is stored."},
                 "current": {"$ref": "#/components/schemas/EntityStatus"}}},
             "SensorHistory": {"type": "object", "required": [
                 "satellite_id", "entity", "sensor", "start", "end", "step", "timestamps", "actual",

@@ -94,6 +94,10 @@ def test_dashboard_shows_history_then_live(chain: Chain, tmp_path: Path) -> None
             assert page.input_value("#entity") == "A-1" and page.input_value("#sensor") == "sensor_0"
             assert page.locator("#state").inner_text().lower() in ("normal", "anomaly")
             before = page.evaluate("window.smapDashboard.overview.timestamps.length")
+            # the history carries, per point, why the alarm was up (the detector chart's legend shows it)
+            assert page.evaluate("(o => o.why.length === o.timestamps.length && o.why.every((w, i) =>"
+                                 " (o.detected[i] === 1) === (w.length > 0) || o.detected[i] == null))"
+                                 "(window.smapDashboard.overview)")
             # canvases really drawn: uPlot made one per chart, sized to the container
             assert page.locator("#score-chart canvas").count() == 1
             assert "labelled points" in page.locator("#hits").inner_text()

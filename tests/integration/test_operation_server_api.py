@@ -41,6 +41,11 @@ def truth(i: int) -> int:
     return int(12 <= i < 20)
 
 
+def step_cause(i: int) -> int:
+    """value_step behind the alarm at its first two frames, error_above_threshold after (0 without alarm)."""
+    return int(detected(i) == 1 and i < 12)
+
+
 def signal(i: int) -> float:
     return 0.125 * i
 
@@ -72,6 +77,8 @@ def lines() -> list[str]:
             f"smap_anomaly_threshold{{{a1}}} {threshold(i)} {ts}",
             f"smap_detector_signal{{{a1}}} {signal(i)} {ts}",
             f"smap_ground_truth_anomaly{{{a1}}} {truth(i)} {ts}",
+            f'smap_alarm_cause{{{a1},cause="value_step"}} {step_cause(i)} {ts}',
+            f'smap_alarm_cause{{{a1},cause="error_above_threshold"}} {detected(i) - step_cause(i)} {ts}',
             # A-2 on the same satellite: anomalous at its latest frame; no detector signal stored
             f'smap_anomaly_score{{satellite_id="SAT-001",entity="A-2"}} 9 {ts}',
             f'smap_anomaly_detected{{satellite_id="SAT-001",entity="A-2"}} 1 {ts}',
@@ -172,6 +179,10 @@ def test_overview_returns_the_stored_numbers(server: str) -> None:
     assert body["threshold_series"] == [threshold(i) for i in range(N)]
     assert body["threshold"] == 1.75
     assert body["ground_truth"] == [truth(i) for i in range(N)]
+    causes = body["alarm_causes"]
+    assert causes["value_step"] == [step_cause(i) for i in range(N)]
+    assert causes["error_above_threshold"] == [detected(i) - step_cause(i) for i in range(N)]
+    assert causes["value_quiet"] == causes["error_above_train_level"] == [None] * N  # never stored
     assert body["current"] == {"state": "normal", "timestamp": T_LAST, "anomaly_score": score(N - 1)}
     assert (body["satellite_id"], body["entity"], body["step"]) == ("SAT-001", "A-1", 30.0)
 

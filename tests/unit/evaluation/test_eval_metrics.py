@@ -14,6 +14,7 @@ from smap_shared.evaluation.metrics import (
     Counts,
     aggregate,
     average_precision,
+    cause_tally,
     channel_metrics,
     clip_segments,
     event_metrics,
@@ -199,3 +200,22 @@ def test_cross_channel_selection_scores_each_half_with_the_other_halfs_choice() 
     ev, pt = oracle_counts(np.r_[np.zeros(50), np.ones(10), np.zeros(40)], [(50, 59)], skip=0)
     assert ev == Counts(1, 0, 0) and pt == Counts(10, 0, 0)
 
+
+
+def test_cause_tally_counts_first_flags_of_events_and_whole_false_runs() -> None:
+    # events [2, 4] and [10, 12]; alarms at 3-5 (first flag of event 1 at 3, cause 4), 11 (cause 1 | 8),
+    # and a false run 15-17 whose causes change inside it (2, then 2 | 4)
+    pred = flags(20, 3, 4, 5, 11, 15, 16, 17)
+    cause = np.zeros(20, dtype=np.int64)
+    cause[[3, 4, 5]] = [4, 5, 5]
+    cause[11] = 1 | 8
+    cause[[15, 16, 17]] = [2, 6, 6]
+    out = cause_tally(pred, cause, [(2, 4), (10, 12)])
+    assert out["events"] == {"error_above_threshold": 1, "error_above_train_level": 0, "value_step": 1,
+                             "value_quiet": 1}
+    assert out["false_alarms"] == {"error_above_threshold": 0, "error_above_train_level": 1, "value_step": 1,
+                                   "value_quiet": 0}
+    empty = cause_tally(np.zeros(5, dtype=bool), np.zeros(5, dtype=np.int64), [])
+    assert set(empty["events"].values()) == set(empty["false_alarms"].values()) == {0}
+    with pytest.raises(ValueError, match="shape"):
+        cause_tally(pred, cause[:5], [])

@@ -50,8 +50,12 @@ def test_overview_body() -> None:
         s("smap_anomaly_detected", {100: 0.0, 130: 1.0, 160: 1.0}),
         s("smap_anomaly_threshold", {100: 0.7, 130: 0.75, 160: 0.8}),
         s("smap_ground_truth_anomaly", {100: 0.0, 130: 1.0, 160: 0.0}),
+        s("smap_alarm_cause", {100: 0.0, 130: 1.0, 160: 1.0}, cause="value_step"),
+        s("smap_alarm_cause", {100: 0.0, 130: 0.0, 160: 1.0}, cause="value_quiet"),
     ]
     body = overview_body("SAT-001", "A-1", TR, series)
+    assert body["alarm_causes"] == {"error_above_threshold": [None] * 3, "error_above_train_level": [None] * 3,
+                                    "value_step": [0, 1, 1], "value_quiet": [0, 0, 1]}
     assert body["timestamps"] == [100, 130, 160]
     assert body["anomaly_score"] == [0.5, 2.5, 1.0]
     assert body["detected"] == [0, 1, 1]
