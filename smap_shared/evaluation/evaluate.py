@@ -43,6 +43,7 @@ from smap_shared.model.rules import (
     ALARM_CAUSES,
     DEPLOYED_RULE_NAME,
     HYBRID_RULE,
+    QUIET_RULE,
     STEP_RULE,
     CausalNdtRule,
     FixedRule,
@@ -58,6 +59,7 @@ RULES: dict[str, Rule] = {
     "causal_ndt": CausalNdtRule(),
     "causal_ndt_hybrid": HYBRID_RULE,  # deployed before causal_ndt_step
     "causal_ndt_step": STEP_RULE,  # deployed before causal_ndt_quiet
+    "causal_ndt_quiet": QUIET_RULE,  # deployed before causal_ndt_latch
     DEPLOYED_RULE_NAME: DEPLOYED,
 }
 DEPLOYED_RULE = DEPLOYED_RULE_NAME

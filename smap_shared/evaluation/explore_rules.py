@@ -300,7 +300,7 @@ def latched(c: Ch, base: BoolArray, lam: float, margin: float = 2.0, max_len: in
 
 # ------------------------------------------------------------------ the proposal as the deployed Rule runs it
 def verify_reference(ckpt_dir: Path, cache: Path, k_rel: int, step_factor: float, quiet_w: int = 0,
-                     quiet_pad: float = 0.25) -> None:
+                     quiet_pad: float = 0.25, latch: float = 0.0) -> None:
     """The real CausalNdtRule (persist=k_rel, step_factor, quiet_window, quiet_pad), run step by step as a
     stream runs it, equals the vectorised candidate on every channel (fitted from train only)."""
     from smap_shared.data import default_source
@@ -314,12 +314,15 @@ def verify_reference(ckpt_dir: Path, cache: Path, k_rel: int, step_factor: float
         data = src.load(ch)
         sc = score_channel(ckpt_dir / f"{ch}.ckpt", data, cache)
         rule = replace(HYBRID_RULE, persist=k_rel, step_factor=step_factor, quiet_window=quiet_w,
-                       quiet_pad=quiet_pad).fit(sc.train.score, sc.train.sensor_error, data.train)
+                       quiet_pad=quiet_pad, latch=latch).fit(sc.train.score, sc.train.sensor_error, data.train)
         pred = rule.run(sc.test.score, sc.test.sensor_error, raw=data.test).detected
         vec = composite(chans[ch], k_rel=k_rel, step_b=step_factor, quiet_w=quiet_w, quiet_pad=quiet_pad)
+        if latch > 0:
+            vec = latched(chans[ch], vec, latch)
         assert np.array_equal(pred, vec), ch
         total.append(light_metrics(pred, chans[ch]))
-    print(f"reference k_rel={k_rel} step={step_factor:g} quiet={quiet_w}/{quiet_pad:g}: step-by-step == "
+    print(f"reference k_rel={k_rel} step={step_factor:g} quiet={quiet_w}/{quiet_pad:g} latch={latch:g}: "
+          f"step-by-step == "
           f"vectorised on all channels; {fmt(aggregate(total))}")
 
 
@@ -411,6 +414,10 @@ def _latched_composite(c: Ch, lam: float, k_rel: int, step_b: float = 1.5, max_l
     return latched(c, composite(c, k_rel=k_rel, step_b=step_b), lam, max_len=max_len)
 
 
+def _latched_quiet(c: Ch, lam: float) -> BoolArray:
+    return latched(c, composite(c, k_rel=30, step_b=1.5, quiet_w=50, quiet_pad=0.25), lam)
+
+
 def families() -> dict[str, dict[str, Rule]]:
     P = partial
     fam: dict[str, dict[str, Rule]] = {}
@@ -483,6 +490,9 @@ def families() -> dict[str, dict[str, Rule]]:
         for w in (0, 20, 50, 100, 250) for q in (0.15, 0.25, 0.35, 0.5)
         if not (w == 0 and q != 0.25)
     }
+    fam["quiet + latch (hysteresis)"] = {
+        f"quiet=50/0.25,latch={lam:g}": P(_latched_quiet, lam=lam) for lam in (1e9, 1.2, 1.1, 1.0, 0.95, 0.9, 0.85)
+    }
     fam["composite"] = {
         f"krel={kr},kor={ko},step={sb:g},hstep={hs},raw={rm:g},h={h}":
             P(composite, k_rel=kr, k_or=ko, step_b=sb, h_step=hs, raw_m=rm, h=h)
@@ -499,13 +509,14 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))  # as the evaluation command
     ap.add_argument("--cache", type=Path, default=ROOT / "cache")
     ap.add_argument("--family", nargs="*", default=None)
-    ap.add_argument("--verify", nargs="+", metavar="K_REL STEP [QUIET_W QUIET_PAD]", default=None,
+    ap.add_argument("--verify", nargs="+", metavar="K_REL STEP [QUIET_W QUIET_PAD [LATCH]]", default=None,
                     help="check the step-by-step reference of the proposal against the vectorised one")
     args = ap.parse_args()
     if args.verify:
         v = args.verify
         verify_reference(args.checkpoints, args.cache, int(v[0]), float(v[1]),
-                         int(v[2]) if len(v) > 2 else 0, float(v[3]) if len(v) > 3 else 0.25)
+                         int(v[2]) if len(v) > 2 else 0, float(v[3]) if len(v) > 3 else 0.25,
+                         float(v[4]) if len(v) > 4 else 0.0)
         return
     if args.prepare:
         prepare(None, args.checkpoints, args.cache)

@@ -1,7 +1,7 @@
 """How much of a rule's score is owed to choosing it on the test labels.
 
 The causal rule's extra options (`cap_flagged`, `or_margin`, `hold`, `persist`, `step_factor`, `quiet_window`,
-`quiet_pad`) were picked
+`quiet_pad`, `latch`) were picked
 by looking at the test results of all channels, which is tuning on test. Two diagnostics make the
 cost of that visible:
 
@@ -38,7 +38,7 @@ Array = npt.NDArray[np.float64]
 
 #: Variants of the causal rule searched over: telemanom's defaults plus the window/level options, then the
 #: persistence of the relative alarm and the raw-value step alarm on top of cap=1, or=2, hold=100, then the
-#: quiet alarm (window, pad) on top of the step rule.
+#: quiet alarm (window, pad) on top of the step rule, then the latch on top of the quiet rule.
 GRID: dict[str, CausalNdtRule] = {
     f"cap={int(c)},or={o:g},hold={h}": replace(CausalNdtRule(), cap_flagged=c, or_margin=o, hold=h)
     for c in (False, True)
@@ -55,6 +55,11 @@ GRID: dict[str, CausalNdtRule] = {
         CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=w, quiet_pad=q)
     for w in (20, 50, 100)
     for q in (0.15, 0.25, 0.35)
+} | {
+    f"cap=1,or=2,hold=100,persist=30,step=1.5,quiet=50/0.25,latch={lam:g}": replace(
+        CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=50,
+        quiet_pad=0.25, latch=lam)
+    for lam in (0.85, 0.9, 1.0, 1.1, 1.2)
 }
 
 

@@ -30,7 +30,9 @@ the offline evaluation and a stream agree by construction (see the tests).
   quieter than it ever was in training: its standard deviation over the last `quiet_window` steps falls below
   the train split's lowest such value by more than `quiet_pad` of the train split's range of it (a stuck
   sensor, or a signal that stopped oscillating: the model reconstructs a flat line well, so its error drops
-  instead of rising). It alarms on entering that condition, then holds like the others.
+  instead of rising). It alarms on entering that condition, then holds like the others. `latch` keeps an
+  alarm up past its hold while the smoothed error stays above `latch` times the threshold in force when the
+  alarm began (hysteresis: inside a long anomaly the adaptive threshold climbs and would end it early).
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ class TrainPotRule(_StaticScoreRule):
 # State layout of CausalNdtRule: a header, the ring of past smoothed errors, then the ring of the last
 # `quiet_window` raw values (empty when the quiet alarm is off).
 (_EWMA, _COUNT, _EPS, _NORMAL_MAX, _POS, _FILLED, _HOLD, _SEEN, _RUN, _PREV, _QPOS, _QFILLED, _QON, _CAUSE,
- _HEADER) = range(15)
+ _ON, _LATCH_REF, _HEADER) = range(17)
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ class CausalNdtRule(Rule):
     step_factor: float = 0.0  # > 0: also alarm on a raw value step > step_factor x the largest train step
     quiet_window: int = 0  # > 0: also alarm when the raw value's rolling std (this many steps) is below
     quiet_pad: float = 0.25  # ... the train minimum of it minus quiet_pad x the train range of it
+    latch: float = 0.0  # > 0: an alarm stays up past its hold while the signal > latch x the threshold it began at
     # Fitted per entity from the train split:
     train_max: float = 0.0  # largest smoothed train error
     train_max_step: float = -1.0  # largest |x[t] - x[t-1]| of the watched raw value; < 0: not fitted
@@ -346,13 +349,21 @@ class CausalNdtRule(Rule):
         exceeded = bits != 0 and state[_SEEN] >= self.warmup
         state[_SEEN] += 1
         if exceeded:
-            # an alarm still held keeps the causes it had and adds the new ones
-            state[_CAUSE] = (int(state[_CAUSE]) | bits) if state[_HOLD] > 0 else bits
+            # an alarm still up keeps the causes it had and adds the new ones
+            state[_CAUSE] = (int(state[_CAUSE]) | bits) if state[_ON] else bits
             state[_HOLD] = self.hold + 1
-        detected = state[_HOLD] > 0
-        if detected:
+        held = state[_HOLD] > 0
+        if held:
             state[_HOLD] -= 1
+            if not state[_ON]:  # the alarm begins: the threshold it began at is what the latch compares with
+                state[_LATCH_REF] = threshold
+            detected = True
         else:
+            # past the hold, a latched alarm stays up while the signal stays above the threshold it began at
+            # (the relative threshold keeps rising inside a long anomaly and would end it early)
+            detected = bool(self.latch > 0 and state[_ON] and m > self.latch * state[_LATCH_REF])
+        state[_ON] = 1.0 if detected else 0.0
+        if not detected:
             state[_CAUSE] = 0
         # the current value joins the window only after it has been judged
         pos = int(state[_POS])
@@ -383,15 +394,17 @@ def quiet_range(train_values: Array, w: int) -> tuple[float, float]:
 
 
 #: The rule the deployed models use (chosen as the report's "How the deployed rule was chosen" says).
-DEPLOYED_RULE_NAME = "causal_ndt_quiet"
+DEPLOYED_RULE_NAME = "causal_ndt_latch"
 DEPLOYED_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=50,
-                              quiet_pad=0.25)
+                              quiet_pad=0.25, latch=1.0)
 #: Parameters a rule's `fit` sets from the train split (the others are its settings).
 FITTED_RULE_FIELDS = frozenset({"train_max", "train_max_step", "train_quiet_min", "train_quiet_max", "initial",
                                 "threshold", "method"})
 #: The previous deployed rules, kept in the evaluation for comparison.
 HYBRID_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0)
 STEP_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5)
+QUIET_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=50,
+                           quiet_pad=0.25)
 
 RULE_KINDS: dict[str, type[Rule]] = {r.kind: r for r in (FixedRule, TrainPotRule, CausalNdtRule)}
 

@@ -12,6 +12,7 @@ import pytest
 
 from smap_shared.model.rules import (
     CAUSE_ERROR,
+    CAUSE_TRAIN_LEVEL,
     CAUSE_VALUE_QUIET,
     CAUSE_VALUE_STEP,
     CausalNdtRule,
@@ -264,13 +265,37 @@ def test_score_rules_report_the_error_cause() -> None:
     assert step == run.cause.tolist()
 
 
+def test_latch_keeps_an_alarm_up_while_the_signal_stays_above_the_threshold_it_began_at() -> None:
+    n = 500
+    tr_s, tr_e = synthetic(n, 26)
+    te_s, te_e = synthetic(n, 27)
+    # unsmoothed signal, relative alarm off (persist never reached): only the train-level alarm fires
+    base = CausalNdtRule(alpha=1.0, window=200, stride=10, buffer=5, hold=3, warmup=0, or_margin=2.0,
+                         persist=10**6).fit(tr_s, tr_e)
+    level = 2.0 * base.train_max
+    spike = te_e.copy()
+    spike[300, 0] = (5 * level) ** 2  # one frame far above any train level: fires at 300
+    began_at = float(base.run(te_s, spike).threshold[300])
+    assert began_at < level
+    plateau = spike.copy()
+    plateau[301:360, 0] = ((began_at + level) / 2) ** 2  # above the start threshold, below the train level
+    plain = base.run(te_s, plateau)
+    assert np.flatnonzero(plain.detected).tolist() == [300, 301, 302, 303]  # the hold alone ends it early
+    latched = replace(base, latch=1.0).run(te_s, plateau)
+    assert np.flatnonzero(latched.detected).tolist() == list(range(300, 360))
+    assert set(latched.cause[300:360].tolist()) == {CAUSE_TRAIN_LEVEL} and not latched.cause[360:].any()
+    # a stream gives the same, step by step
+    stream = RuleStream(replace(base, latch=1.0))
+    assert [stream.update(float(te_s[i]), plateau[i])[0] for i in range(n)] == latched.detected.tolist()
+
+
 def test_older_rule_dicts_behave_as_before() -> None:
     tr_s, tr_e = synthetic(1000, 1)
     te_s, te_e = synthetic(1500, 2, bursts=((800, 900),))
     fitted = SMALL.fit(tr_s, tr_e)
     old = {k: v for k, v in fitted.to_dict().items() if k not in (
         "persist", "step_factor", "train_max_step", "quiet_window", "quiet_pad", "train_quiet_min",
-        "train_quiet_max")}
+        "train_quiet_max", "latch")}
     again = rule_from_dict(json.loads(json.dumps(old)))
     assert again == fitted
     np.testing.assert_array_equal(again.run(te_s, te_e).detected, fitted.run(te_s, te_e).detected)
