@@ -232,7 +232,10 @@ def render_markdown(report: dict[str, Any], plots_dir: Path | None = None, md_pa
             "out 0.813) and point-wise F1 0.512 (0.490-0.535; leave-one-channel-out 0.486): the most honest "
             "estimate of this detector on new channels. The latch's point-wise gain does not survive that "
             "selection (it picks latch factors next to the 0.85 cliff), so read point-wise F1 as about "
-            "0.51-0.52, not 0.54.")
+            "0.51-0.52, not 0.54. About 150 more variants were tried in scratch scripts while building "
+            "`causal_ndt_quiet` and `causal_ndt_latch` (unusually low model error, rolling-mean envelope, unseen "
+            "discrete levels, bounded or re-baselined train-level alarm, shorter warm-up, multi-scale level "
+            "shift); none was better and they are not in that union, so even it is slightly optimistic.")
         add("")
         cv = sel["cross_validated"]
         add(f"- **cross-channel 2-fold estimate** (held-out halves summed): event {cv['event']['tp']}/"
