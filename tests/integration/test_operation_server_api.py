@@ -10,11 +10,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from http_fakes import JsonHandler
 
 from smap_shared.infra.ports import free_port
 from smap_shared.operations.harness import OperationServer, Victoria
@@ -94,34 +95,23 @@ def lines() -> list[str]:
     return out
 
 
-class FakeAlertManager(BaseHTTPRequestHandler):
+class FakeAlertManager(JsonHandler):
     """Stands in for the alert manager's HTTP API (helper B's service): canned answers, recorded acks."""
 
     acks: ClassVar[list[tuple[str, dict[str, Any]]]] = []
 
-    def _send(self, status: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self) -> None:
         if self.path.startswith("/api/smap/alerts?") or self.path == "/api/smap/alerts":
-            self._send(200, {"alerts": [{"id": 7, "rule": "score_high", "state": "firing"}], "query": self.path})
+            self.reply(200, {"alerts": [{"id": 7, "rule": "score_high", "state": "firing"}], "query": self.path})
         elif self.path == "/api/smap/alerts/7":
-            self._send(200, {"id": 7, "rule": "score_high", "state": "firing"})
+            self.reply(200, {"id": 7, "rule": "score_high", "state": "firing"})
         else:
-            self._send(404, {"error": "no such alert"})
+            self.reply(404, {"error": "no such alert"})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         FakeAlertManager.acks.append((self.path, json.loads(self.rfile.read(length))))
-        self._send(200, {"id": 7, "acknowledged_by": "ops"})
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply(200, {"id": 7, "acknowledged_by": "ops"})
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,13 @@ import subprocess
 import threading
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from http_fakes import JsonHandler
 from kafka_io import read_topic
 from kombu.connection import Connection
 
@@ -41,22 +42,11 @@ BOOTSTRAP = "localhost:9092"
 N = 25
 
 
-class FakeTriton(BaseHTTPRequestHandler):
+class FakeTriton(JsonHandler):
     """POST /v2/models/<model>/infer: index 1 -> 400 'expects' (permanent); index 2 -> 503 once."""
 
     calls: ClassVar[list[tuple[str, list[float], str, int]]] = []
     failed_once: ClassVar[set[int]] = set()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _reply(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self) -> None:
         model = self.path.split("/")[3]
@@ -75,18 +65,18 @@ class FakeTriton(BaseHTTPRequestHandler):
         index = int(np.frombuffer(tensors["sequence_index"], dtype=np.int64)[0])
         FakeTriton.calls.append((model, values.tolist(), stream_id, index))
         if index == 1:
-            self._reply(400, {"error": f"input 'input_data' expects [{N}] values"})
+            self.reply(400, {"error": f"input 'input_data' expects [{N}] values"})
             return
         if index == 2 and index not in FakeTriton.failed_once:
             FakeTriton.failed_once.add(index)
-            self._reply(503, {"error": f"model '{model}' is not ready"})
+            self.reply(503, {"error": f"model '{model}' is not ready"})
             return
         recon = values * 0.5
 
         def out(name: str, dtype: str, data: list[Any]) -> dict[str, Any]:
             return {"name": name, "datatype": dtype, "shape": [len(data)], "data": data}
 
-        self._reply(200, {"model_name": model, "outputs": [
+        self.reply(200, {"model_name": model, "outputs": [
             out("reconstruction", "FP64", recon.tolist()),
             out("anomaly_score", "FP64", [index + 0.5]),
             out("anomaly_detected", "BOOL", [index % 2 == 0]),
