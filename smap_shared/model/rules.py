@@ -393,18 +393,17 @@ def quiet_range(train_values: Array, w: int) -> tuple[float, float]:
     return (0.0 if lo <= noise else lo), (0.0 if hi <= noise else hi)
 
 
+#: The deployed rules in the order they were deployed, each its predecessor plus the options the report
+#: describes; the earlier ones stay in the evaluation for comparison.
+HYBRID_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0)
+STEP_RULE = replace(HYBRID_RULE, persist=30, step_factor=1.5)
+QUIET_RULE = replace(STEP_RULE, quiet_window=50, quiet_pad=0.25)
 #: The rule the deployed models use (chosen as the report's "How the deployed rule was chosen" says).
 DEPLOYED_RULE_NAME = "causal_ndt_latch"
-DEPLOYED_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=50,
-                              quiet_pad=0.25, latch=1.0)
+DEPLOYED_RULE = replace(QUIET_RULE, latch=1.0)
 #: Parameters a rule's `fit` sets from the train split (the others are its settings).
 FITTED_RULE_FIELDS = frozenset({"train_max", "train_max_step", "train_quiet_min", "train_quiet_max", "initial",
                                 "threshold", "method"})
-#: The previous deployed rules, kept in the evaluation for comparison.
-HYBRID_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0)
-STEP_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5)
-QUIET_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=50,
-                           quiet_pad=0.25)
 
 RULE_KINDS: dict[str, type[Rule]] = {r.kind: r for r in (FixedRule, TrainPotRule, CausalNdtRule)}
 
