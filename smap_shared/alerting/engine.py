@@ -107,6 +107,16 @@ def merge_peak(peak: tuple[tuple[str, float], ...], errors: Mapping[str, float])
     return tuple((k, max(v, old.get(k, v))) for k, v in errors.items())
 
 
+def _absorb(st: LifecycleState, result: InferenceResult) -> LifecycleState:
+    """The frame's evidence joins the open alert's: per-sensor peak errors and the detector's alarm causes."""
+    return replace(st, peak=merge_peak(st.peak, result.sensor_error), causes=st.causes | result.alarm_cause)
+
+
+def _closed(st: LifecycleState, **kw: Any) -> LifecycleState:
+    """Back to idle: the alert's counters and evidence are dropped (cooldown bookkeeping stays)."""
+    return replace(st, phase="idle", streak=0, clear=0, since=None, peak=(), causes=0, **kw)
+
+
 def _hit(rule: AlertRule, result: InferenceResult, sensor: str | None) -> bool:
     cond = rule.condition
     if isinstance(cond, ScoreAbove):
@@ -160,24 +170,22 @@ def step(
     if st.phase == "idle":
         if not hit:
             return st, out
-        st = replace(st, phase="pending", streak=1, clear=0, since=at, notified=False,
-                     peak=merge_peak((), result.sensor_error), causes=result.alarm_cause)
+        st = _absorb(replace(st, phase="pending", streak=1, clear=0, since=at, notified=False, peak=(), causes=0),
+                     result)
         emit(None, "pending", message=f"condition {cond.kind} started")
     elif st.phase == "pending":
         still = bool(st.hits) if isinstance(cond, DetectionsInWindow) else hit
         if not still:
             emit("pending", "resolved", message="condition cleared before firing")
-            return replace(st, phase="idle", streak=0, clear=0, since=None, peak=(), causes=0), out
-        st = replace(st, streak=st.streak + 1 if hit else st.streak, peak=merge_peak(st.peak, result.sensor_error),
-                     causes=st.causes | result.alarm_cause)
+            return _closed(st), out
+        st = _absorb(replace(st, streak=st.streak + 1 if hit else st.streak), result)
     else:  # firing
-        st = replace(st, streak=st.streak + 1 if hit else 0, clear=0 if hit else st.clear + 1,
-                     peak=merge_peak(st.peak, result.sensor_error), causes=st.causes | result.alarm_cause)
+        st = _absorb(replace(st, streak=st.streak + 1 if hit else 0, clear=0 if hit else st.clear + 1), result)
         if st.clear >= rule.resolve_after_frames:
             notify = rule.notify_resolved and st.notified and bool(channels)
             emit("firing", "resolved", notify=notify, fired=True,
                  message=f"clear for {st.clear} frames")
-            return replace(st, phase="idle", streak=0, clear=0, since=None, notified=False, peak=(), causes=0), out
+            return _closed(st, notified=False), out
         return st, out
     if st.phase == "pending" and _met(rule, st, at):
         cooling = st.last_notified_at is not None and (
