@@ -152,10 +152,10 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
         chain.wait_for(all_in_vm, 240, "VictoriaMetrics to hold every anomaly score")
     except TimeoutError as exc:
         raise AssertionError(f"VictoriaMetrics holds {seen[0]} of {total} anomaly scores") from exc
+    per_stream = {"sensor": lambda e: offline[e].n_sensors, "cause": lambda e: len(ALARM_CAUSES)}
     for name, extra in METRICS.items():
         series = _vm_export(chain, f'{{__name__="{name}"}}')
         labels = {tuple(sorted(s["metric"].items())) for s in series}  # type: ignore[union-attr]
-        per_stream = {"sensor": lambda e: offline[e].n_sensors, "cause": lambda e: len(ALARM_CAUSES)}
         expected_series = sum(per_stream[extra](e) if extra else 1 for e in ENTITIES)
         assert len(labels) == len(series) == expected_series, name
         for s in series:
