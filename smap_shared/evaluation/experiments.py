@@ -14,6 +14,12 @@ differs only in:
   when it lies in the usual range (reconstructing x[t] after having read it hides such rows).
 
     python -m smap_shared.evaluation.experiments --variant fixed-w50-pred --out /work/eval-ckpt/x
+    python -m smap_shared.evaluation.experiments --score /work/eval-ckpt/x      # the report's table row
+
+`--score` runs the evaluation's rules (fitted on train only) over the errors a variant wrote and prints
+its row of the report's "variants tried" table, the oracle included. `--start-state CKPT_DIR` measures,
+on the deployed checkpoints, whether a stream started from the GRU state reached at the end of the train
+split (a burn-in) would start better than from zeros, and what a shorter warm-up would cost.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ import numpy as np
 import numpy.typing as npt
 
 from smap_shared.data import ChannelData, default_source
+from smap_shared.evaluation.metrics import Counts, event_metrics, point_counts, segment_mask, sum_counts
+from smap_shared.evaluation.selection import oracle_counts
 from smap_shared.model.normalization import CLIP, Normalizer
+from smap_shared.model.rules import DEPLOYED_RULE, HYBRID_RULE, CausalNdtRule, Rule
 from smap_shared.model.train import TrainConfig, fit_weights
 
 Array = npt.NDArray[np.float64]
@@ -137,13 +146,134 @@ def _run_one(channel: str, name: str, out_dir: str) -> tuple[str, float]:
     return channel, time.perf_counter() - t0
 
 
+#: The rules a variant's errors are scored with (the report's table: causal_ndt, causal_ndt_hybrid, and
+#: the deployed rule, whose raw-value alarms do not depend on the model).
+SCORE_RULES: dict[str, Rule] = {"causal_ndt": CausalNdtRule(), "causal_ndt_hybrid": HYBRID_RULE,
+                                "deployed": DEPLOYED_RULE}
+WARMUP = CausalNdtRule.warmup
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Event and point-wise counts, summed over channels."""
+
+    event: Counts
+    point: Counts
+
+    @classmethod
+    def of(cls, pred: npt.NDArray[np.bool_], segments: list[tuple[int, int]]) -> Tally:
+        return cls(event_metrics(pred, segments).counts, point_counts(pred, segment_mask(segments, pred.size)))
+
+    @classmethod
+    def total(cls, items: list[Tally]) -> Tally:
+        return cls(sum_counts(t.event for t in items), sum_counts(t.point for t in items))
+
+    def row(self) -> str:
+        e = self.event
+        return f"{e.tp}/{e.fp}/{e.fn}, {e.f1:.3f}; {self.point.f1:.3f}"
+
+
+def score_errors(channel: str, errors: dict[str, Array]) -> dict[str, Tally]:
+    """Each SCORE_RULES rule fitted on the train split's errors and run over the test split's, plus the
+    oracle (the best static threshold on the smoothed value error chosen WITH the labels: a bound)."""
+    data = default_source().load(channel)
+    segs = [(iv.start, iv.end) for iv in data.labels]
+    out = {}
+    for name, rule in SCORE_RULES.items():
+        run = rule.fit(errors["train_score"], errors["train_err"], data.train).run(
+            errors["test_score"], errors["test_err"], raw=data.test)
+        out[name] = Tally.of(run.detected, segs)
+    signal = CausalNdtRule().smoothed(errors["test_score"], errors["test_err"])
+    out["oracle"] = Tally(*oracle_counts(signal, segs, WARMUP))
+    return out
+
+
+def _score_file(path: str) -> tuple[str, dict[str, Tally]]:
+    with np.load(path) as npz:
+        errors = {k: npz[k] for k in ("train_score", "train_err", "test_score", "test_err")}
+    return Path(path).name.split(".")[0], score_errors(Path(path).name.split(".")[0], errors)
+
+
+def score_variant(out_dir: Path, jobs: int = 2) -> dict[str, Tally]:
+    """The table row of the variant whose errors `--variant ... --out out_dir` wrote (all its channels)."""
+    files = sorted(str(p) for p in out_dir.glob("*.npz"))
+    if not files:
+        raise SystemExit(f"{out_dir}: no variant errors (*.npz); run --variant NAME --out {out_dir} first")
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        per = dict(pool.map(_score_file, files))
+    return {k: Tally.total([t[k] for t in per.values()]) for k in (*SCORE_RULES, "oracle")}
+
+
+@dataclass(frozen=True)
+class StartState:
+    """One channel: the deployed rule's counts per "start/warm-up", and how far apart the two starts' mean
+    value error over the first 300 test rows lies."""
+
+    tallies: dict[str, Tally]
+    first_rows_gap: float
+
+
+def start_state_effect(ckpt_dir: Path, channel: str, warmups: tuple[int, ...]) -> StartState:
+    """The test split scored from a zero GRU state and from the state at the end of the train split (a
+    burn-in), and the deployed rule run over each with every warm-up in `warmups`."""
+    from smap_shared.model.checkpoint import Checkpoint
+    from smap_shared.model.scorer import HIDDEN_SIZE, Scorer
+
+    data = default_source().load(channel)
+    segs = [(iv.start, iv.end) for iv in data.labels]
+    scorer = Scorer(Checkpoint.load(ckpt_dir / f"{channel}.ckpt"))
+    if not isinstance(scorer.rule, CausalNdtRule):
+        raise SystemExit(f"{channel}: the checkpoint's rule has no warm-up; retrain it (smap-train)")
+    burnt = scorer.run(data.train).final_state[:HIDDEN_SIZE]
+    tallies: dict[str, Tally] = {}
+    first: list[float] = []
+    for start in ("zero", "burn-in"):
+        state = scorer.initial_state()
+        if start == "burn-in":
+            state[:HIDDEN_SIZE] = burnt
+        out = scorer.run(data.test, state)
+        first.append(float(np.sqrt(out.sensor_error[:300, 0]).mean()))
+        for w in warmups:
+            run = replace(scorer.rule, warmup=w).run(out.anomaly_score, out.sensor_error, raw=data.test)
+            tallies[f"{start}/{w}"] = Tally.of(run.detected, segs)
+    return StartState(tallies, abs(first[0] - first[1]))
+
+
+def _start_state_one(args: tuple[str, str, tuple[int, ...]]) -> StartState:
+    return start_state_effect(Path(args[0]), args[1], args[2])
+
+
+def print_start_state(ckpt_dir: Path, channels: list[str], warmups: tuple[int, ...], jobs: int) -> None:
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        per = list(pool.map(_start_state_one, [(str(ckpt_dir), ch, warmups) for ch in channels]))
+    print(f"mean |error| of the value over the first 300 test rows, zero vs burnt-in GRU state: largest "
+          f"difference over {len(channels)} channels {max(p.first_rows_gap for p in per):.4f}")
+    for key in per[0].tallies:
+        print(f"start/warm-up {key:12s} event TP/FP/FN, F1; point F1  "
+              f"{Tally.total([p.tallies[key] for p in per]).row()}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--variant", help="train every channel with this variant (needs --out)")
+    mode.add_argument("--score", type=Path, metavar="DIR", help="score the errors a variant wrote to DIR")
+    mode.add_argument("--start-state", type=Path, metavar="CKPT_DIR",
+                      help="zero vs burnt-in GRU start state, and shorter warm-ups, on these checkpoints")
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--channels", nargs="*", default=None)
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.score:
+        row = score_variant(args.score, args.jobs)
+        print(" | ".join(f"{k}: {t.row()}" for k, t in row.items()))
+        return
+    if args.start_state:
+        print_start_state(args.start_state, args.channels or default_source().channels(), (250, 100, 50, 0),
+                          args.jobs)
+        return
+    if args.out is None:
+        ap.error("--variant needs --out")
     print(asdict(Variant.parse(args.variant)), file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     channels = args.channels or default_source().channels()
