@@ -317,6 +317,33 @@ class Dockerfile:
     def resolved_base(self, stage: Stage) -> str:
         return self.resolve(stage.base)
 
+    def stage(self, target: str | None) -> Stage:
+        """The stage a build of `target` ends with (no target: the last stage, as `docker build` does)."""
+        if target is None:
+            return self.final
+        for st in self.stages:
+            if st.name == target:
+                return st
+        raise KeyError(f"{self.path}: no stage named {target!r}")
+
+    def chain(self, target: str | None) -> list[Stage]:
+        """The stages the image of `target` is made of, its root first: `FROM <stage>` followed back
+        (stages only reached by `COPY --from` contribute files, not layers, and are not listed)."""
+        names = {st.name: st for st in self.stages if st.name}
+        out = [self.stage(target)]
+        while out[0].base in names:
+            out.insert(0, names[out[0].base])
+        return out
+
+    def image_instructions(self, target: str | None) -> list[Instruction]:
+        """Every instruction whose effect reaches the image of `target`, in build order."""
+        return [i for st in self.chain(target) for i in st.instructions]
+
+    def last(self, keyword: str, target: str | None) -> str | None:
+        """Arguments of the last `keyword` instruction in the image of `target` (inherited ones count)."""
+        found = [i.args for i in self.image_instructions(target) if i.keyword == keyword]
+        return found[-1] if found else None
+
 
 def parse_dockerfile(path: Path) -> Dockerfile:
     logical: list[tuple[int, str]] = []
@@ -381,9 +408,8 @@ def copy_sources(ins: Instruction) -> tuple[list[str], str, bool]:
     return paths[:-1], paths[-1], any(f.startswith("--from") for f in flags)
 
 
-def last_user(df: Dockerfile) -> str | None:
-    users = [i.args for i in df.final.instructions if i.keyword == "USER"]
-    return users[-1] if users else None
+def last_user(df: Dockerfile, target: str | None = None) -> str | None:
+    return df.last("USER", target)
 
 
 # ---------------------------------------------------------------- .dockerignore

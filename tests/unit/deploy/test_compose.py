@@ -465,17 +465,31 @@ def test_shards_agree_everywhere() -> None:
 # ---------------------------------------------------------------- commands
 
 
+def image_build(name: str) -> dict[str, Any]:
+    """The compose `build` of the service's image (its own, or that of the service building the image)."""
+    svc = services()[name]
+    build: dict[str, Any] = svc.get("build") or next(
+        s["build"] for s in services().values() if s.get("image") == svc["image"] and "build" in s
+    )
+    return build
+
+
+def image_setting(name: str, keyword: str) -> str:
+    """The last `keyword` (CMD, WORKDIR, ...) in the image of the service's build target, inherited ones
+    included."""
+    build = image_build(name)
+    df = parse_dockerfile(REPO_ROOT / build["context"] / build["dockerfile"])
+    value = df.last(keyword, build.get("target"))
+    assert value is not None, f"{name}: no {keyword} in {build['dockerfile']} target {build.get('target')}"
+    return value
+
+
 def effective_command(name: str) -> list[str]:
-    """The service's command: compose `command`, else the CMD of its image's Dockerfile."""
+    """The service's command: compose `command`, else the CMD of its image's build target."""
     svc = services()[name]
     if "command" in svc:
         return command_list(svc["command"])
-    build = svc.get("build") or next(
-        s["build"] for s in services().values() if s.get("image") == svc["image"] and "build" in s
-    )
-    df = parse_dockerfile(REPO_ROOT / build["context"] / build["dockerfile"])
-    cmds = [i.args for i in df.final.instructions if i.keyword == "CMD"]
-    form = exec_form(cmds[-1])
+    form = exec_form(image_setting(name, "CMD"))
     assert form is not None, f"{name}: CMD in shell form"
     if form[:2] == ["sh", "-c"]:
         return shlex.split(form[2])
@@ -483,12 +497,7 @@ def effective_command(name: str) -> list[str]:
 
 
 def workdir(name: str) -> str:
-    svc = services()[name]
-    build = svc.get("build") or next(
-        s["build"] for s in services().values() if s.get("image") == svc["image"] and "build" in s
-    )
-    df = parse_dockerfile(REPO_ROOT / build["context"] / build["dockerfile"])
-    return [i.args for i in df.final.instructions if i.keyword == "WORKDIR"][-1]
+    return image_setting(name, "WORKDIR")
 
 
 @pytest.mark.parametrize(
@@ -544,6 +553,8 @@ def test_bind_mounts_and_build_files_exist() -> None:
             context = REPO_ROOT / svc["build"]["context"]
             assert context.is_dir(), name
             assert (context / svc["build"]["dockerfile"]).is_file(), name
+            if "target" in svc["build"]:  # raises when the Dockerfile has no such stage
+                parse_dockerfile(context / svc["build"]["dockerfile"]).stage(svc["build"]["target"])
 
 
 def test_kafka_is_kraft_and_creates_every_topic_the_chain_uses() -> None:

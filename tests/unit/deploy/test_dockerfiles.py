@@ -30,13 +30,13 @@ from deploy_support import (
 
 from smap_shared.triton.launcher import TritonPaths, build_command
 
-SERVICE_DIRS = ("smap-simulator", "smap-inference-trigger", "smap-analysis-worker", "smap-victoria-consumer",
-                "smap-alert-manager")
-SERVICE_DOCKERFILES = tuple(REPO_ROOT / d / "Dockerfile" for d in SERVICE_DIRS)
+#: one Dockerfile for the Python services: a shared `base` stage and one build target per service folder
+SERVICES_DOCKERFILE = REPO_ROOT / "docker" / "services.Dockerfile"
+SERVICE_TARGETS = {"smap-simulator": "simulator", "smap-inference-trigger": "inference-trigger",
+                   "smap-analysis-worker": "analysis-worker", "smap-victoria-consumer": "victoria-consumer",
+                   "smap-alert-manager": "alert-manager", "smap-operation-server": "operation-server"}
 TRITON_DOCKERFILE = REPO_ROOT / "triton-omnianomaly" / "Dockerfile.triton-omnianomaly"
-#: two stages: npm ci for the page's chart library, then the same Python service image as the others
-OPERATION_DOCKERFILE = REPO_ROOT / "smap-operation-server" / "Dockerfile"
-ALL_DOCKERFILES = (*SERVICE_DOCKERFILES, OPERATION_DOCKERFILE, TRITON_DOCKERFILE)
+ALL_DOCKERFILES = (SERVICES_DOCKERFILE, TRITON_DOCKERFILE)
 SERVICE_PINS = REPO_ROOT / "docker" / "service-pins.txt"
 TRITON_PINS = REPO_ROOT / "docker" / "triton" / "pins.txt"
 TRITON_ENTRYPOINT = REPO_ROOT / "docker" / "triton" / "entrypoint.sh"
@@ -97,7 +97,9 @@ def test_hadolint_is_live(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the same key rules, without hadolint
 
 
-def rule_violations(df: Dockerfile, compose_healthchecked: bool) -> list[str]:
+def rule_violations(df: Dockerfile, images: dict[str | None, bool]) -> list[str]:
+    """hadolint's key rules, plus per image (build target -> whether compose health-checks it): runs as a
+    non-root user and has a health check, its own or compose's."""
     problems = []
     stage_names = {s.name for s in df.stages if s.name}
     for stage in df.stages:
@@ -107,9 +109,10 @@ def rule_violations(df: Dockerfile, compose_healthchecked: bool) -> list[str]:
         tag = base.rpartition(":")[2] if ":" in base.split("/")[-1] else ""
         if "@sha256:" not in base and (not tag or tag == "latest" or "$" in base):
             problems.append(f"FROM {stage.base} -> {base}: pin a tag (not latest)")
-    user = last_user(df)
-    if user is None or user.split(":")[0] in ("root", "0"):
-        problems.append(f"final stage runs as {user or 'root (no USER)'}")
+    for target in images:
+        user = last_user(df, target)
+        if user is None or user.split(":")[0] in ("root", "0"):
+            problems.append(f"image {target or '(last stage)'} runs as {user or 'root (no USER)'}")
     for ins in df.all_instructions():
         where = f"line {ins.line}"
         if ins.keyword == "ADD":
@@ -133,9 +136,9 @@ def rule_violations(df: Dockerfile, compose_healthchecked: bool) -> list[str]:
             problems.append(f"{where}: piping a download into a shell")
         if re.search(r"\bsudo\b", run):
             problems.append(f"{where}: sudo")
-    has_healthcheck = any(i.keyword == "HEALTHCHECK" for i in df.final.instructions)
-    if not (has_healthcheck or compose_healthchecked):
-        problems.append("no HEALTHCHECK and no compose health check")
+    for target, compose_healthchecked in images.items():
+        if not (df.last("HEALTHCHECK", target) or compose_healthchecked):
+            problems.append(f"image {target or '(last stage)'}: no HEALTHCHECK and no compose health check")
     return problems
 
 
@@ -146,21 +149,28 @@ def compose_services() -> dict[str, dict[str, object]]:
     return services
 
 
-def compose_users(path: Path) -> list[dict[str, object]]:
-    """Compose services built from this Dockerfile, or running its image."""
-    built = [s for s in compose_services().values()
-             if isinstance(s.get("build"), dict)
-             and REPO_ROOT / s["build"]["context"] / s["build"]["dockerfile"] == path]  # type: ignore[index]
-    images = {s.get("image") for s in built}
-    return [s for s in compose_services().values() if s.get("image") in images]
+def compose_images(path: Path) -> dict[str | None, list[dict[str, object]]]:
+    """Build target (None: the last stage) -> the compose services running that image of this Dockerfile
+    (the service that builds it and those that reuse its `image`)."""
+    out: dict[str | None, list[dict[str, object]]] = {}
+    for s in compose_services().values():
+        build = s.get("build")
+        if isinstance(build, dict) and REPO_ROOT / build["context"] / build["dockerfile"] == path:
+            out[build.get("target")] = [u for u in compose_services().values() if u.get("image") == s.get("image")]
+    return out
 
 
 @pytest.mark.parametrize("path", ALL_DOCKERFILES, ids=ids(ALL_DOCKERFILES))
 def test_dockerfile_rules(path: Path) -> None:
-    users = compose_users(path)
-    assert users, f"{path} is built by no compose service"
-    healthchecked = all("healthcheck" in s for s in users)
+    images = compose_images(path)
+    assert images, f"{path} is built by no compose service"
+    healthchecked = {t: all("healthcheck" in s for s in users) for t, users in images.items()}
     assert rule_violations(dockerfile(path), healthchecked) == []
+
+
+def test_every_service_target_is_built_by_compose() -> None:
+    """No orphan target: each stage named for a service is some compose service's build target."""
+    assert set(compose_images(SERVICES_DOCKERFILE)) == set(SERVICE_TARGETS.values())
 
 
 def test_rule_check_is_live(tmp_path: Path) -> None:
@@ -168,7 +178,7 @@ def test_rule_check_is_live(tmp_path: Path) -> None:
     bad.write_text(
         "FROM python:latest\nRUN apt-get install -y gcc\nADD x /x\nRUN pip install -r r.txt\nUSER root\n"
     )
-    problems = " | ".join(rule_violations(parse_dockerfile(bad), compose_healthchecked=False))
+    problems = " | ".join(rule_violations(parse_dockerfile(bad), {None: False}))
     for expected in ("pin a tag", "runs as root", "ADD", "--no-install-recommends", "apt lists",
                      "apt-get update", "--no-cache-dir", "no HEALTHCHECK"):
         assert expected in problems
@@ -202,12 +212,11 @@ def test_copied_files_exist_and_reach_the_build(path: Path) -> None:
         for src in sources:
             full = REPO_ROOT / src
             assert full.exists(), f"line {ins.line}: {src} does not exist"
-            # left out on purpose: bytecode, the service folder's own Dockerfile and a local npm install
-            # (the operation server's image runs npm ci in its own build stage)
+            # left out on purpose: bytecode and a local npm install (the operation server's image runs
+            # npm ci in its own build stage)
             files = [full] if full.is_file() else [
                 p for p in full.rglob("*")
                 if p.is_file() and not {"__pycache__", "node_modules"} & set(p.parts)
-                and not p.name.startswith("Dockerfile")
             ]
             assert files, src
             for f in files:
@@ -228,21 +237,38 @@ def test_scripts_run_in_containers_are_valid_and_executable() -> None:
 # ---------------------------------------------------------------- service images
 
 
-@pytest.mark.parametrize("service", SERVICE_DIRS)
+def image_copies(df: Dockerfile, target: str) -> tuple[set[str], set[str]]:
+    """(build-context sources, other-stage sources) of everything COPYed into the image of `target`."""
+    own: set[str] = set()
+    staged: set[str] = set()
+    for ins in df.image_instructions(target):
+        if ins.keyword == "COPY":
+            sources, _, from_stage = copy_sources(ins)
+            (staged if from_stage else own).update(sources)
+    return own, staged
+
+
+@pytest.mark.parametrize("service", SERVICE_TARGETS)
 def test_service_image_copies_only_the_shared_package_and_its_own_folder(service: str) -> None:
-    df = dockerfile(REPO_ROOT / service / "Dockerfile")
-    assert len(df.stages) == 1
-    base = df.resolved_base(df.final)
+    df = dockerfile(SERVICES_DOCKERFILE)
+    target = SERVICE_TARGETS[service]
+    chain = df.chain(target)
+    assert [s.name for s in chain] == ["base", target]  # every service image is the shared base + its folder
+    base = df.resolved_base(chain[0])
     assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base), base
-    sources = {src for i in df.all_instructions() if i.keyword == "COPY" for src in copy_sources(i)[0]}
-    assert sources == {"docker/service-pins.txt", "pyproject.toml", "smap_shared", service}
-    runs = " ".join(i.args for i in df.all_instructions() if i.keyword == "RUN")
+    own, staged = image_copies(df, target)
+    assert own == {"docker/service-pins.txt", "pyproject.toml", "smap_shared", service}
+    assert staged == ({"/web/node_modules"} if service == "smap-operation-server" else set())
+    runs = " ".join(i.args for i in df.image_instructions(target) if i.keyword == "RUN")
     assert "pip install --no-cache-dir -r /tmp/service-pins.txt" in runs
     assert re.search(r"pip install --no-cache-dir --no-deps /tmp/src\b", runs)  # the shared package
-    # no compilers, no dev tools, no native-mode-only packages
-    assert not re.search(r"apt-get|apk |build-essential|gcc|pytest|ruff|mypy|torch|pytriton|calfkit", runs)
-    user = last_user(df)
-    assert user and re.fullmatch(r"\d+:\d+", user) and user != "0:0"
+    # no compilers, no dev tools, no node, no native-mode-only packages
+    assert not re.search(r"apt-get|apk |build-essential|gcc|npm|node|pytest|ruff|mypy|torch|pytriton|calfkit",
+                         runs)
+    user = last_user(df, target)
+    assert user == "10001:10001"
+    # the service's own folder comes after the shared layers, so editing a service rebuilds only its layer
+    assert chain[-1].instructions[0].keyword == "COPY" and copy_sources(chain[-1].instructions[0])[0] == [service]
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -382,19 +408,17 @@ def test_service_code_imports_without_the_left_out_packages(service: str, target
 
 
 def test_operation_server_image_installs_the_page_from_the_lock_file() -> None:
-    df = dockerfile(OPERATION_DOCKERFILE)
-    assert [s.name for s in df.stages] == ["web", None]
-    assert re.fullmatch(r"node:\d+\.\d+\.\d+-bookworm-slim", df.resolved_base(df.stages[0]))
-    web_copies = {src for i in df.stages[0].instructions if i.keyword == "COPY" for src in copy_sources(i)[0]}
+    df = dockerfile(SERVICES_DOCKERFILE)
+    web = df.stage("web")
+    assert re.fullmatch(r"node:\d+\.\d+\.\d+-bookworm-slim", df.resolved_base(web))
+    web_copies = {src for i in web.instructions if i.keyword == "COPY" for src in copy_sources(i)[0]}
     assert web_copies == {"smap-operation-server/web/package.json", "smap-operation-server/web/package-lock.json"}
-    assert any(i.keyword == "RUN" and "npm ci" in i.args for i in df.stages[0].instructions)
-    final = df.final
-    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", df.resolved_base(final))
-    sources = {src for i in final.instructions if i.keyword == "COPY" for src in copy_sources(i)[0]}
-    assert sources == {"docker/service-pins.txt", "pyproject.toml", "smap_shared", "smap-operation-server",
-                       "/web/node_modules"}
-    assert any(copy_sources(i)[2] and "--from=web" in i.args for i in final.instructions if i.keyword == "COPY")
+    assert any(i.keyword == "RUN" and "npm ci" in i.args for i in web.instructions)
+    from_web = [i for i in df.stage("operation-server").instructions
+                if i.keyword == "COPY" and "--from=web" in i.args]
+    assert [copy_sources(i)[:2] for i in from_web] == [
+        (["/web/node_modules"], "/app/smap-operation-server/web/node_modules")]
+    # no other image takes anything from the node stage
+    others = [i for t in SERVICE_TARGETS.values() if t != "operation-server" for i in df.image_instructions(t)]
+    assert not any(i.keyword == "COPY" and "--from=" in i.args for i in others)
     assert DockerIgnore.read(REPO_ROOT / ".dockerignore").excluded("smap-operation-server/web/node_modules/x")
-    runs = " ".join(i.args for i in final.instructions if i.keyword == "RUN")
-    assert not re.search(r"apt-get|npm|node|gcc|pytest|torch|pytriton|calfkit", runs)
-    assert last_user(df) == "10001:10001"
