@@ -3,6 +3,8 @@
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
+  // the page's logic that touches no element: lib.js (unit-tested under node, tests/web/)
+  const { spans, hitCounts, causeText, whyOf, appendPoint } = window.smapLib;
   const WINDOWS = { "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400 };
   const state = {
     fleet: [], sat: null, entity: null, sensor: "sensor_0", windowS: 3600,
@@ -19,19 +21,6 @@
   }
 
   // ------------------------------------------------------------------ charts
-  const isOn = (v) => v === 1 || v === true;
-
-  function spans(xs, flags) {
-    const out = [];
-    let start = null;
-    for (let i = 0; i < xs.length; i++) {
-      if (isOn(flags[i]) && start === null) start = i;
-      if (!isOn(flags[i]) && start !== null) { out.push([xs[start], xs[i - 1]]); start = null; }
-    }
-    if (start !== null) out.push([xs[start], xs[xs.length - 1]]);
-    return out;
-  }
-
   // Shade time spans under the series: full height (detections) or a strip at the bottom (ground truth).
   function shading(getBands) {
     return { hooks: { drawClear: [(u) => {
@@ -154,43 +143,17 @@
   // Hits and misses against the simulator's labels, point by point over the window.
   function renderHits(o) {
     if (!o.ground_truth || !o.ground_truth.some((v) => v != null)) { $("hits").textContent = ""; return; }
-    // a false alarm is a run of flagged points that touches no labelled point (telemanom's event-level FP)
-    let labelled = 0, hits = 0, outside = 0, falseAlarms = 0, inRun = false, runTouchesLabel = false;
-    const endRun = () => {
-      if (inRun && !runTouchesLabel) falseAlarms += 1;
-      inRun = false; runTouchesLabel = false;
-    };
-    o.ground_truth.forEach((g, i) => {
-      const d = o.detected[i];
-      if (g == null || d == null) { endRun(); return; }
-      if (g) { labelled += 1; if (d) hits += 1; } else if (d) outside += 1;
-      if (d) { inRun = true; if (g) runTouchesLabel = true; } else endRun();
-    });
-    endRun();
+    const { labelled, hits, outside, falseAlarms } = hitCounts(o.ground_truth, o.detected);
     $("hits").textContent = `labelled points: ${hits} of ${labelled} detected (${labelled - hits} missed); ` +
       `flagged outside labels: ${outside} points, ${falseAlarms} false alarm(s)`;
   }
 
-  // why an alarm is up (InferenceResult.alarm_causes), in an operator's words
-  const CAUSE_TEXT = {
-    error_above_threshold: "model error above threshold",
-    error_above_train_level: "model error above any level seen in training",
-    value_step: "value jumped more than ever in training",
-    value_quiet: "value quieter than ever in training",
-  };
-  const causeText = (causes) => (causes && causes.length ? causes.map((c) => CAUSE_TEXT[c] || c).join("; ") : "");
   function setState(stateName, causes) {
     const badge = $("state");
     badge.className = `badge ${stateName}`;
     badge.textContent = stateName;
     $("cause").textContent = stateName === "anomaly" ? causeText(causes) : "";
   }
-  // per point, the names of the causes behind the alarm (the API gives one 0/1 series per cause)
-  function whyOf(body) {
-    const per = Object.entries(body.alarm_causes || {});
-    return body.timestamps.map((_, i) => per.filter(([, flags]) => flags[i] === 1).map(([name]) => name));
-  }
-
   // ------------------------------------------------------------------ history
   async function loadOverview() {
     const entity = state.entity;
@@ -268,33 +231,19 @@
     const t = Date.parse(m.timestamp) / 1000;
     setState(m.anomaly_detected ? "anomaly" : "normal", m.alarm_causes);
     const o = state.overview;
-    if (o && !(o.timestamps.length && t <= o.timestamps[o.timestamps.length - 1])) {
-      append(o, t, { anomaly_score: m.anomaly_score, detected: m.anomaly_detected ? 1 : 0,
-        detector_signal: m.detector_signal, threshold_series: m.threshold, why: m.alarm_causes || [],
-        ...(o.ground_truth ? { ground_truth: m.ground_truth } : {}) });
+    if (o && appendPoint(o, t, { anomaly_score: m.anomaly_score, detected: m.anomaly_detected ? 1 : 0,
+      detector_signal: m.detector_signal, threshold_series: m.threshold, why: m.alarm_causes || [],
+      ...(o.ground_truth ? { ground_truth: m.ground_truth } : {}) }, state.windowS)) {
       o.threshold = m.threshold;
     }
     const row = m.sensors.find((r) => r.id === state.sensor);
     const s = state.sensorData;
-    if (s && row && !(s.timestamps.length && t <= s.timestamps[s.timestamps.length - 1])) {
-      append(s, t, { actual: row.value, reconstruction: row.reconstruction, error: row.error,
-        ...(s.ground_truth ? { ground_truth: row.ground_truth ?? null } : {}) });
+    if (s && row) {
+      appendPoint(s, t, { actual: row.value, reconstruction: row.reconstruction, error: row.error,
+        ...(s.ground_truth ? { ground_truth: row.ground_truth ?? null } : {}) }, state.windowS);
     }
     state.bars = { entity: m.entity, timestamp: t, sensors: m.sensors };
     scheduleRender();
-  }
-
-  // Append one point to every column and slide the window.
-  function append(body, t, values) {
-    body.timestamps.push(t);
-    for (const [key, value] of Object.entries(values)) body[key].push(value ?? null);
-    const from = t - state.windowS;
-    let cut = 0;
-    while (cut < body.timestamps.length && body.timestamps[cut] < from) cut += 1;
-    if (cut) {
-      body.timestamps.splice(0, cut);
-      for (const key of Object.keys(values)) body[key].splice(0, cut);
-    }
   }
 
   function connect() {
@@ -369,7 +318,7 @@
         `#${a.id} ${a.severity || ""} ${a.state || ""}: ${a.rule || ""}`,
         `${a.entity || ""}${a.sensor ? " / " + a.sensor : ""}, score ${fmt(a.score_at_firing)}`,
         top ? `top sensors: ${top}` : "",
-        (a.alarm_causes || []).length ? `why: ${a.alarm_causes.map((c) => CAUSE_TEXT[c] || c).join("; ")}` : "",
+        (a.alarm_causes || []).length ? `why: ${causeText(a.alarm_causes)}` : "",
         a.acknowledged_at ? `acknowledged${a.acknowledged_by ? " by " + a.acknowledged_by : ""}` : "",
       ];
       for (const text of lines.filter(Boolean)) {

@@ -271,7 +271,8 @@ def test_openapi_page_and_chart_library_are_served(server: str) -> None:
     assert status == 200 and "/api/smap/entity/{entity}/overview" in doc["paths"]
     status, html, ctype = call(f"{server}/")
     assert status == 200 and "text/html" in ctype and "/vendor/uplot/uPlot.iife.min.js" in html
-    for path in ("/vendor/uplot/uPlot.iife.min.js", "/vendor/uplot/uPlot.min.css", "/static/app.js"):
+    for path in ("/vendor/uplot/uPlot.iife.min.js", "/vendor/uplot/uPlot.min.css", "/static/lib.js",
+                 "/static/app.js"):
         with urllib.request.urlopen(server + path, timeout=10) as resp:
             assert resp.status == 200 and len(resp.read()) > 1000, path
 
