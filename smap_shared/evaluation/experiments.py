@@ -189,9 +189,10 @@ def score_errors(channel: str, errors: dict[str, Array]) -> dict[str, Tally]:
 
 
 def _score_file(path: str) -> tuple[str, dict[str, Tally]]:
+    channel = Path(path).name.split(".")[0]  # <channel>.v1-<variant>.npz
     with np.load(path) as npz:
         errors = {k: npz[k] for k in ("train_score", "train_err", "test_score", "test_err")}
-    return Path(path).name.split(".")[0], score_errors(Path(path).name.split(".")[0], errors)
+    return channel, score_errors(channel, errors)
 
 
 def score_variant(out_dir: Path, jobs: int = 2) -> dict[str, Tally]:
@@ -244,8 +245,11 @@ def _start_state_one(args: tuple[str, str, tuple[int, ...]]) -> StartState:
 
 
 def print_start_state(ckpt_dir: Path, channels: list[str], warmups: tuple[int, ...], jobs: int) -> None:
+    from tqdm import tqdm
+
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        per = list(pool.map(_start_state_one, [(str(ckpt_dir), ch, warmups) for ch in channels]))
+        per = list(tqdm(pool.map(_start_state_one, [(str(ckpt_dir), ch, warmups) for ch in channels]),
+                        total=len(channels), desc="start state", unit="channel", file=sys.stderr))
     print(f"mean |error| of the value over the first 300 test rows, zero vs burnt-in GRU state: largest "
           f"difference over {len(channels)} channels {max(p.first_rows_gap for p in per):.4f}")
     for key in per[0].tallies:
