@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from smap_shared.data import ChannelData, default_source
-from smap_shared.evaluation.metrics import Counts, event_metrics, point_counts, segment_mask, sum_counts
+from smap_shared.evaluation.metrics import ChannelMetrics, aggregate, count_metrics, counts_only
 from smap_shared.evaluation.selection import oracle_counts
 from smap_shared.model.normalization import CLIP, Normalizer
 from smap_shared.model.rules import DEPLOYED_RULE, HYBRID_RULE, CausalNdtRule, Rule
@@ -153,27 +153,13 @@ SCORE_RULES: dict[str, Rule] = {"causal_ndt": CausalNdtRule(), "causal_ndt_hybri
 WARMUP = CausalNdtRule.warmup
 
 
-@dataclass(frozen=True)
-class Tally:
-    """Event and point-wise counts, summed over channels."""
-
-    event: Counts
-    point: Counts
-
-    @classmethod
-    def of(cls, pred: npt.NDArray[np.bool_], segments: list[tuple[int, int]]) -> Tally:
-        return cls(event_metrics(pred, segments).counts, point_counts(pred, segment_mask(segments, pred.size)))
-
-    @classmethod
-    def total(cls, items: list[Tally]) -> Tally:
-        return cls(sum_counts(t.event for t in items), sum_counts(t.point for t in items))
-
-    def row(self) -> str:
-        e = self.event
-        return f"{e.tp}/{e.fp}/{e.fn}, {e.f1:.3f}; {self.point.f1:.3f}"
+def table_row(m: ChannelMetrics) -> str:
+    """A cell of the report's "variants tried" table: event TP/FP/FN, event F1; point-wise F1."""
+    e = m.event
+    return f"{e.tp}/{e.fp}/{e.fn}, {e.f1:.3f}; {m.point.f1:.3f}"
 
 
-def score_errors(channel: str, errors: dict[str, Array]) -> dict[str, Tally]:
+def score_errors(channel: str, errors: dict[str, Array]) -> dict[str, ChannelMetrics]:
     """Each SCORE_RULES rule fitted on the train split's errors and run over the test split's, plus the
     oracle (the best static threshold on the smoothed value error chosen WITH the labels: a bound)."""
     data = default_source().load(channel)
@@ -182,27 +168,27 @@ def score_errors(channel: str, errors: dict[str, Array]) -> dict[str, Tally]:
     for name, rule in SCORE_RULES.items():
         run = rule.fit(errors["train_score"], errors["train_err"], data.train).run(
             errors["test_score"], errors["test_err"], raw=data.test)
-        out[name] = Tally.of(run.detected, segs)
+        out[name] = count_metrics(run.detected, segs)
     signal = CausalNdtRule().smoothed(errors["test_score"], errors["test_err"])
-    out["oracle"] = Tally(*oracle_counts(signal, segs, WARMUP))
+    out["oracle"] = counts_only(*oracle_counts(signal, segs, WARMUP), signal.size, len(segs))
     return out
 
 
-def _score_file(path: str) -> tuple[str, dict[str, Tally]]:
+def _score_file(path: str) -> tuple[str, dict[str, ChannelMetrics]]:
     channel = Path(path).name.split(".")[0]  # <channel>.v1-<variant>.npz
     with np.load(path) as npz:
         errors = {k: npz[k] for k in ("train_score", "train_err", "test_score", "test_err")}
     return channel, score_errors(channel, errors)
 
 
-def score_variant(out_dir: Path, jobs: int = 2) -> dict[str, Tally]:
+def score_variant(out_dir: Path, jobs: int = 2) -> dict[str, ChannelMetrics]:
     """The table row of the variant whose errors `--variant ... --out out_dir` wrote (all its channels)."""
     files = sorted(str(p) for p in out_dir.glob("*.npz"))
     if not files:
         raise SystemExit(f"{out_dir}: no variant errors (*.npz); run --variant NAME --out {out_dir} first")
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         per = dict(pool.map(_score_file, files))
-    return {k: Tally.total([t[k] for t in per.values()]) for k in (*SCORE_RULES, "oracle")}
+    return {k: aggregate([t[k] for t in per.values()]) for k in (*SCORE_RULES, "oracle")}
 
 
 @dataclass(frozen=True)
@@ -210,7 +196,7 @@ class StartState:
     """One channel: the deployed rule's counts per "start/warm-up", and how far apart the two starts' mean
     value error over the first 300 test rows lies."""
 
-    tallies: dict[str, Tally]
+    tallies: dict[str, ChannelMetrics]  # counts only (metrics.counts_only)
     first_rows_gap: float
 
 
@@ -226,7 +212,7 @@ def start_state_effect(ckpt_dir: Path, channel: str, warmups: tuple[int, ...]) -
     if not isinstance(scorer.rule, CausalNdtRule):
         raise SystemExit(f"{channel}: the checkpoint's rule has no warm-up; retrain it (smap-train)")
     burnt = scorer.run(data.train).final_state[:HIDDEN_SIZE]
-    tallies: dict[str, Tally] = {}
+    tallies: dict[str, ChannelMetrics] = {}
     first: list[float] = []
     for start in ("zero", "burn-in"):
         state = scorer.initial_state()
@@ -236,7 +222,7 @@ def start_state_effect(ckpt_dir: Path, channel: str, warmups: tuple[int, ...]) -
         first.append(float(np.sqrt(out.sensor_error[:300, 0]).mean()))
         for w in warmups:
             run = replace(scorer.rule, warmup=w).run(out.anomaly_score, out.sensor_error, raw=data.test)
-            tallies[f"{start}/{w}"] = Tally.of(run.detected, segs)
+            tallies[f"{start}/{w}"] = count_metrics(run.detected, segs)
     return StartState(tallies, abs(first[0] - first[1]))
 
 
@@ -254,7 +240,7 @@ def print_start_state(ckpt_dir: Path, channels: list[str], warmups: tuple[int, .
           f"difference over {len(channels)} channels {max(p.first_rows_gap for p in per):.4f}")
     for key in per[0].tallies:
         print(f"start/warm-up {key:12s} event TP/FP/FN, F1; point F1  "
-              f"{Tally.total([p.tallies[key] for p in per]).row()}")
+              f"{table_row(aggregate([p.tallies[key] for p in per]))}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.score:
         row = score_variant(args.score, args.jobs)
-        print(" | ".join(f"{k}: {t.row()}" for k, t in row.items()))
+        print(" | ".join(f"{k}: {table_row(m)}" for k, m in row.items()))
         return
     if args.start_state:
         print_start_state(args.start_state, args.channels or default_source().channels(), (250, 100, 50, 0),

@@ -12,7 +12,6 @@ its relative (telemanom) threshold, so that every candidate below is a cheap vec
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from smap_shared.evaluation.metrics import ChannelMetrics, aggregate, event_metrics, point_counts, segment_mask
+from smap_shared.evaluation.metrics import ChannelMetrics, aggregate, count_metrics
 from smap_shared.evaluation.selection import cross_validate
 
 Array = npt.NDArray[np.float64]
@@ -328,10 +327,7 @@ def verify_reference(ckpt_dir: Path, cache: Path, k_rel: int, step_factor: float
 
 # ---------------------------------------------------------------------------------------------- scoring
 def light_metrics(pred: BoolArray, c: Ch) -> ChannelMetrics:
-    segs = c.segs
-    truth = segment_mask(segs, pred.size)
-    ev = event_metrics(pred, segs)
-    return ChannelMetrics(ev.counts, point_counts(pred, truth), [], math.nan, math.nan, [], pred.size, len(segs))
+    return count_metrics(pred, c.segs)
 
 
 def evaluate(rules: Mapping[str, Rule], chans: Sequence[Ch]) -> dict[str, dict[str, ChannelMetrics]]:

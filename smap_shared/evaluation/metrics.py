@@ -272,6 +272,20 @@ def channel_metrics(pred: npt.ArrayLike, scores: npt.ArrayLike, segments: Sequen
     )
 
 
+def counts_only(event: Counts, point: Counts, n_rows: int, n_segments: int) -> ChannelMetrics:
+    """Metrics holding only the event and point-wise counts (no PA%K, AUPRC, ROC-AUC or delays): the cheap
+    part of `channel_metrics`, for searches over many variants; `aggregate` sums them like full ones."""
+    return ChannelMetrics(event, point, [], math.nan, math.nan, [], n_rows, n_segments)
+
+
+def count_metrics(pred: npt.ArrayLike, segments: Sequence[Span]) -> ChannelMetrics:
+    """`counts_only` of one channel's decisions against its labelled segments."""
+    p = np.asarray(pred, dtype=bool)
+    segs = clip_segments(segments, p.size)
+    return counts_only(event_metrics(p, segs).counts, point_counts(p, segment_mask(segs, p.size)), p.size,
+                       len(segs))
+
+
 def aggregate(items: Sequence[ChannelMetrics]) -> ChannelMetrics:
     """Counts summed over channels (micro); AUPRC / ROC-AUC are the mean over channels where defined."""
     if not items:
