@@ -26,6 +26,13 @@ from smap_shared.model.rules import (
 Array = npt.NDArray[np.float64]
 
 
+def streamed(rule: CausalNdtRule, scores: Array, errors: Array, raw: Array | None = None) -> list[bool]:
+    """`anomaly_detected` of a stream fed the sequence one step at a time (as Scorer and Triton run it)."""
+    stream = RuleStream(rule)
+    return [stream.update(float(scores[t]), errors[t], None if raw is None else raw[t])[0]
+            for t in range(len(scores))]
+
+
 def synthetic(n: int, seed: int, bursts: tuple[tuple[int, int], ...] = ()) -> tuple[Array, Array]:
     """Scores (n,) and per-sensor squared errors (n, 3): small noise plus bursts on column 0."""
     rng = np.random.default_rng(seed)
@@ -159,10 +166,7 @@ def test_step_alarm_fires_on_a_value_jump_larger_than_any_in_training() -> None:
     assert out.cause[out.detected].tolist() == [CAUSE_VALUE_STEP] * 4 and not out.cause[~out.detected].any()
     without = rule.run(te_s, te_e)  # no raw rows: no step alarm
     assert not without.detected.any()
-    # a stream agrees with the offline run, also across a save/restore of its state
-    stream = RuleStream(rule)
-    got = [stream.update(float(te_s[t]), te_e[t], test_raw[t])[0] for t in range(n)]
-    assert got == out.detected.tolist()
+    assert streamed(rule, te_s, te_e, test_raw) == out.detected.tolist()  # a stream agrees with the run
     with pytest.raises(ValueError, match="raw rows"):
         CausalNdtRule(step_factor=1.5).fit(tr_s, tr_e)
 
@@ -201,9 +205,7 @@ def test_quiet_alarm_fires_when_the_value_goes_flatter_than_in_training() -> Non
     assert set(out.cause[flagged].tolist()) == {CAUSE_VALUE_QUIET} and not out.cause[~out.detected].any()
     assert not rule.run(te_s, te_e, raw=train_raw).detected.any()
     assert not rule.run(te_s, te_e).detected.any()  # no raw rows: no quiet alarm
-    stream = RuleStream(rule)
-    got = [stream.update(float(te_s[i]), te_e[i], test_raw[i])[0] for i in range(n)]
-    assert got == out.detected.tolist()
+    assert streamed(rule, te_s, te_e, test_raw) == out.detected.tolist()
     with pytest.raises(ValueError, match="raw rows"):
         CausalNdtRule(quiet_window=20).fit(tr_s, tr_e)
 
@@ -284,9 +286,7 @@ def test_latch_keeps_an_alarm_up_while_the_signal_stays_above_the_threshold_it_b
     latched = replace(base, latch=1.0).run(te_s, plateau)
     assert np.flatnonzero(latched.detected).tolist() == list(range(300, 360))
     assert set(latched.cause[300:360].tolist()) == {CAUSE_TRAIN_LEVEL} and not latched.cause[360:].any()
-    # a stream gives the same, step by step
-    stream = RuleStream(replace(base, latch=1.0))
-    assert [stream.update(float(te_s[i]), plateau[i])[0] for i in range(n)] == latched.detected.tolist()
+    assert streamed(replace(base, latch=1.0), te_s, plateau) == latched.detected.tolist()  # step by step
 
 
 def test_older_rule_dicts_behave_as_before() -> None:
