@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Infrastructure of the SMAP chain on this host, without Docker:
-#   Tansu (Kafka API, in-memory) :9092, RabbitMQ :5672 (+ management UI :15672), Redis :6379,
+#   Tansu (Kafka API, in-memory) :9092, RabbitMQ :5672 (+ management UI :15672), Redis :6379 (append-only),
 #   VictoriaMetrics :8428, PostgreSQL :5432 (the alert history; Debian's cluster "main").
 #
 #   scripts/infra.sh up       start whatever is not already listening (installing missing Debian packages)
@@ -89,12 +89,52 @@ ensure_rabbitmq_management() {
   wait_port rabbitmq-management "$RABBITMQ_MGMT_PORT" 60
 }
 
+# redis_config KEY: the running Redis's value of a config KEY (redis-cli, else the venv's redis package);
+# empty when neither can ask or the server refuses CONFIG.
+redis_config() {
+  if command -v redis-cli >/dev/null; then
+    timeout 5 redis-cli -p "$REDIS_PORT" CONFIG GET "$1" 2>/dev/null | sed -n 2p || true
+  elif [[ -x "$VENV/bin/python" ]]; then
+    timeout 5 "$VENV/bin/python" -c 'import sys, redis
+print(redis.Redis(port=int(sys.argv[1]), socket_timeout=3).config_get(sys.argv[2]).get(sys.argv[2], ""))' \
+      "$REDIS_PORT" "$1" 2>/dev/null || true
+  fi
+}
+
+# check_redis_persistence: warn when a Redis this script did not start keeps the stream state in memory only.
+check_redis_persistence() {
+  local aof save
+  aof="$(redis_config appendonly)"
+  save="$(redis_config save)"
+  case "$aof" in
+    yes) log "redis: append-only persistence on (appendonly yes)" ;;
+    no)
+      if [[ -n "$save" ]]; then
+        log "warning: Redis on :$REDIS_PORT only snapshots (appendonly no, save \"$save\"): a Redis restart loses" \
+          "the models' stream state since the last snapshot; turn on the AOF with" \
+          "\`redis-cli -p $REDIS_PORT CONFIG SET appendonly yes\` (and in its redis.conf, to keep it)"
+      else
+        log "warning: Redis on :$REDIS_PORT keeps nothing on disk (appendonly no): a Redis restart loses the" \
+          "models' stream state (and the Celery results); turn on the AOF with" \
+          "\`redis-cli -p $REDIS_PORT CONFIG SET appendonly yes\` (and in its redis.conf, to keep it)"
+      fi
+      ;;
+    *) log "warning: could not read Redis's appendonly setting on :$REDIS_PORT: its persistence is unknown" ;;
+  esac
+}
+
 up_redis() {
   command -v redis-server >/dev/null || apt_install redis-server
-  port_open "$REDIS_PORT" && { log "redis: started by its package install, left alone"; return 0; }
+  if port_open "$REDIS_PORT"; then
+    log "redis: started by its package install, left alone"
+    check_redis_persistence
+    return 0
+  fi
   mkdir -p "$RUN_DIR/redis" "$LOG_DIR"
-  # Cache only (Celery results, stream state): no snapshots, no AOF.
-  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no \
+  # The models' stream state (db 2) must survive a Redis restart: append-only file, fsync every second
+  # (at most ~1 s of updates lost), under $RUN_DIR/redis; no RDB snapshots.
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" \
+    --appendonly yes --appendfsync everysec \
     --dir "$RUN_DIR/redis" --logfile "$LOG_DIR/redis.log" --pidfile "$RUN_DIR/redis-$REDIS_PORT.pid" >&2
   wait_port redis "$REDIS_PORT" 30
   local i
@@ -145,6 +185,7 @@ cmd_up() {
     port="$(port_of "$name")"
     if port_open "$port"; then
       log "$name: already listening on :$port, left alone"
+      if [[ "$name" == redis ]]; then check_redis_persistence; fi
       continue
     fi
     log "$name: starting on :$port"

@@ -37,7 +37,10 @@ class Fleet(BaseModel):
     def _consistent(self) -> Fleet:
         _no_duplicates("satellite id", (s.id for s in self.satellites))
         _no_duplicates("deployed entity", self.deployed)
-        _no_duplicates("fleet entity", (e for s in self.satellites for e in s.entities))
+        # one entity (channel type, one model) may fly on any number of satellites; a stream is (satellite,
+        # entity), so only an entity listed twice on one satellite is a duplicate
+        for sat in self.satellites:
+            _no_duplicates(f"entity on {sat.id}", sat.entities)
         for ent in (*self.deployed, *(e for s in self.satellites for e in s.entities)):
             if not re.match(ENTITY_PATTERN, ent):
                 raise ValueError(f"entity id {ent!r} does not look like a SMAP channel (e.g. 'A-1')")
@@ -52,11 +55,23 @@ class Fleet(BaseModel):
                 return sat
         raise FleetError(f"unknown satellite {satellite_id!r}; known: {', '.join(s.id for s in self.satellites)}")
 
-    def satellite_of(self, entity: str) -> str:
-        for sat in self.satellites:
-            if entity in sat.entities:
-                return sat.id
-        raise FleetError(f"entity {entity!r} belongs to no satellite of the fleet")
+    def satellites_of(self, entity: str) -> list[str]:
+        """Every satellite that carries `entity`, in file order."""
+        return [sat.id for sat in self.satellites if entity in sat.entities]
+
+    def satellite_of(self, entity: str, satellite_id: str | None = None) -> str:
+        """The satellite of a stream of `entity`: `satellite_id` if given (checked), else the only satellite
+        carrying it (FleetError when none or several do)."""
+        if satellite_id is not None:
+            self.check_stream(satellite_id, entity)
+            return satellite_id
+        sats = self.satellites_of(entity)
+        if not sats:
+            raise FleetError(f"entity {entity!r} belongs to no satellite of the fleet")
+        if len(sats) > 1:
+            raise FleetError(f"entity {entity!r} flies on {len(sats)} satellites ({', '.join(sats[:5])}"
+                             f"{', ...' if len(sats) > 5 else ''}): name the satellite_id")
+        return sats[0]
 
     def check_stream(self, satellite_id: str, entity: str) -> None:
         """Raise FleetError unless `entity` is an entity of `satellite_id`."""
@@ -69,7 +84,8 @@ class Fleet(BaseModel):
         return [(s.id, e) for s in self.satellites for e in s.entities]
 
     def fleet_entities(self) -> list[str]:
-        return [e for s in self.satellites for e in s.entities]
+        """Every entity flying on some satellite, once, in file order."""
+        return list(dict.fromkeys(e for s in self.satellites for e in s.entities))
 
 
 def _no_duplicates(what: str, items: Iterable[str]) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import zlib
 
-TASK_NAME = "smap_analysis.tasks.run_omnianomaly_inference"
+TASK_NAME = "smap_analysis.tasks.run_omnianomaly_inference"  # one frame (kwargs: InferenceTask)
+BATCH_TASK_NAME = "smap_analysis.tasks.run_omnianomaly_batch"  # a micro-batch (kwargs: InferenceBatch)
 QUEUE_PREFIX = "smap-inference-shard"
 
 

@@ -1,7 +1,7 @@
 """Message schemas, defined once and used by producers and consumers alike.
 
 Topic `smap-telemetry`          : TelemetryMessage (key: stream id, e.g. "SAT-001/A-1")
-Celery task kwargs              : InferenceTask
+Celery task kwargs              : InferenceBatch (micro-batch) or InferenceTask (one frame)
 Topic `smap-inference-results`  : InferenceResult (key: stream id)
 Topic `smap-telemetry-dlq`      : DeadLetter
 Topic `smap-alerts`             : AlertEvent (key: stream id)
@@ -70,6 +70,11 @@ class TelemetryMessage(_Frozen):
     index: int = Field(ge=0)
     sensors: dict[str, float]
     ground_truth_labels: dict[str, int] = Field(default_factory=dict)
+    #: The source's run (optional): the simulator marks each run and each lap of a loop with a new id and its
+    #: first frame with sequence_start, and the model starts the stream over there; a frame of an earlier run
+    #: is refused. Frames without them keep the index-only rules (smap_shared/model/streams.py).
+    run_id: str | None = Field(default=None, min_length=1, max_length=64)
+    sequence_start: bool = False
 
     @field_validator("sensors")
     @classmethod
@@ -106,6 +111,8 @@ class InferenceTask(_Frozen):
     index: int = Field(ge=0)
     timestamp: UtcDatetime
     ground_truth_labels: dict[str, int] = Field(default_factory=dict)
+    run_id: str | None = Field(default=None, min_length=1, max_length=64)
+    sequence_start: bool = False
 
     @property
     def stream_id(self) -> str:
@@ -116,7 +123,15 @@ class InferenceTask(_Frozen):
         return cls(
             satellite_id=msg.satellite_id, entity=msg.entity, sensor_values=msg.sensor_vector(),
             index=msg.index, timestamp=msg.timestamp, ground_truth_labels=msg.ground_truth_labels,
+            run_id=msg.run_id, sequence_start=msg.sequence_start,
         )
+
+
+class InferenceBatch(_Frozen):
+    """kwargs of Celery task `smap_analysis.tasks.run_omnianomaly_batch`: frames of one shard in the order
+    they were read (each stream's frames in its order)."""
+
+    frames: list[InferenceTask] = Field(min_length=1)
 
 
 class InferenceResult(_Frozen):
@@ -156,10 +171,15 @@ class DeadLetter(_Frozen):
     partition: int
     offset: int
     key: str | None
-    raw_payload: str
+    raw_payload: str  # the payload's first bytes at most (see payload_truncated), encoded as below
     payload_encoding: str = "utf-8"  # or "base64" when the bytes were not valid UTF-8
     service: str
     received_at: UtcDatetime = Field(default_factory=utc_now)
+    # Of the original payload, whole, however much of it raw_payload keeps; -1 / "" in letters from before
+    # these fields existed.
+    payload_size: int = -1  # bytes
+    payload_sha256: str = ""  # hex digest of its bytes
+    payload_truncated: bool = False  # raw_payload keeps only a prefix of it
 
     @staticmethod
     def encode_payload(raw: bytes) -> tuple[str, str]:

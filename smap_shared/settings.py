@@ -42,6 +42,13 @@ class SimulatorSettings(_Settings):
 
 class TriggerSettings(_CelerySettings):
     trigger_group_id: str = "smap-inference-trigger"
+    #: Micro-batches: one Celery task per shard carries at most this many frames, published when it is full
+    #: or when its oldest frame has waited trigger_linger_ms, whichever comes first.
+    trigger_batch_max: int = Field(default=256, ge=1, le=4096)
+    trigger_linger_ms: int = Field(default=20, ge=0, le=10_000)
+    #: The plausibility gate: a sensor value more than this many train spans outside its train [min, max] is
+    #: dead-lettered as implausible (0 switches the gate off).
+    trigger_plausible_spans: float = Field(default=10.0, ge=0)
     kafka_fetch_max_wait_ms: int = 20  # Tansu holds every fetch this long: keep it low for latency
     metrics_port: int = 9302
 
@@ -49,10 +56,13 @@ class TriggerSettings(_CelerySettings):
 class WorkerSettings(_CelerySettings):
     triton_url: str = "localhost:8100"
     triton_timeout_s: float = 10.0
-    #: Transient Triton/Kafka failures are retried inside the task, in place, so a stream's order holds
-    #: (Celery's retry() would re-queue at the tail, behind later steps).
-    inference_retry_attempts: int = Field(default=8, ge=1)
+    #: Requests in flight at once: a batch sends one request per model present in it.
+    triton_concurrency: int = Field(default=4, ge=1, le=64)
+    #: Transient Triton/Kafka failures are retried inside the task, in place, for as long as they last (the
+    #: shard blocks; no attempt budget drops a frame), with this backoff doubling up to the maximum. Celery's
+    #: retry() would re-queue at the tail, behind later steps.
     inference_retry_backoff_s: float = Field(default=0.2, gt=0)
+    inference_retry_backoff_max_s: float = Field(default=5.0, gt=0)
     metrics_port: int = 9310  # shard k serves on metrics_port + k
 
 

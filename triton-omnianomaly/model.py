@@ -1,8 +1,10 @@
 """Triton Python backend model `smap_<entity>`: stateful OmniAnomaly, one hidden state per stream.
 
-One source for every entity; `setup_models.sh` copies it next to each entity's checkpoint. Inputs:
-`input_data` FP64 [n], optional `stream_id` BYTES [1] and `sequence_index` INT64 [1]. See
-smap_shared/model/streams.py for the redelivery and gap rules, and README.md for the contract.
+One source for every entity; `setup_models.sh` copies it next to each entity's checkpoint. A request
+carries K rows of any of the model's streams: `input_data` FP64 [K, n], optional `stream_id` BYTES [K] and
+`sequence_index` INT64 [K]; every output has the leading K (smap_shared/model/contract.py declares them).
+Rows of one stream are applied in their order; rows of different streams at the same depth go through one
+vectorised step. See smap_shared/model/streams.py for the redelivery and gap rules.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from smap_shared.model.checkpoint import Checkpoint  # noqa: E402
+from smap_shared.model.contract import output_arrays  # noqa: E402
 from smap_shared.model.scorer import Scorer  # noqa: E402
-from smap_shared.model.streams import RedisStateStore, StateStore, StreamRegistry  # noqa: E402
+from smap_shared.model.streams import DEFAULT_MAX_JUMP, RedisStateStore, StateStore, StreamRegistry  # noqa: E402
 
 log = logging.getLogger("smap.triton")
 
@@ -34,6 +37,10 @@ log = logging.getLogger("smap.triton")
 def _param(config: dict[str, Any], key: str, default: str = "") -> str:
     value = config.get("parameters", {}).get(key, {}).get("string_value", default)
     return os.environ.get(f"SMAP_MODEL_{key}", value)  # env wins, e.g. Redis URL per deployment
+
+
+def _texts(tensor: Any) -> list[str]:
+    return [r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in tensor.as_numpy().reshape(-1)]
 
 
 class TritonPythonModel:
@@ -51,7 +58,8 @@ class TritonPythonModel:
         history = int(_param(config, "STATE_HISTORY", "256"))
         redis_url = _param(config, "REDIS_URL")
         store: StateStore | None = RedisStateStore(redis_url, self.name, history) if redis_url else None
-        self.registry = StreamRegistry(scorer, store, history)
+        max_jump = int(_param(config, "MAX_INDEX_JUMP", str(DEFAULT_MAX_JUMP)))
+        self.registry = StreamRegistry(scorer, store, history, max_jump)
         self.n_sensors = ckpt.n_sensors
         pb_utils.Logger.log_info(
             f"{self.name}: {ckpt.n_sensors} sensors, threshold {ckpt.threshold:.4g}, "
@@ -61,25 +69,24 @@ class TritonPythonModel:
 
     def _one(self, request: Any) -> Any:
         x = pb_utils.get_input_tensor_by_name(request, "input_data").as_numpy().astype(np.float64)
+        k = x.shape[0]
         sid_t = pb_utils.get_input_tensor_by_name(request, "stream_id")
         idx_t = pb_utils.get_input_tensor_by_name(request, "sequence_index")
-        sid = None
+        sids: list[str | None] = [None] * k
         if sid_t is not None:
-            raw = sid_t.as_numpy().reshape(-1)[0]
-            sid = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        index = int(idx_t.as_numpy().reshape(-1)[0]) if idx_t is not None else None
-        res = self.registry.step(x.reshape(-1), sid, index)
-        o = res.output
+            sids = _texts(sid_t)
+        indices: list[int | None] = [None] * k
+        if idx_t is not None:
+            indices = [int(i) for i in idx_t.as_numpy().reshape(-1)]
+        run_t = pb_utils.get_input_tensor_by_name(request, "run_id")
+        start_t = pb_utils.get_input_tensor_by_name(request, "sequence_start")
+        runs: list[str | None] = [None] * k
+        if run_t is not None:
+            runs = [r or None for r in _texts(run_t)]
+        starts = [bool(v) for v in start_t.as_numpy().reshape(-1)] if start_t is not None else [False] * k
+        results = self.registry.step_many(x, sids, indices, runs, starts)
         return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("reconstruction", o.reconstruction.astype(np.float64)),
-            pb_utils.Tensor("anomaly_score", np.array([o.anomaly_score], dtype=np.float64)),
-            pb_utils.Tensor("anomaly_detected", np.array([o.anomaly_detected], dtype=bool)),
-            pb_utils.Tensor("sensor_error", o.sensor_error.astype(np.float64)),
-            pb_utils.Tensor("threshold", np.array([o.threshold], dtype=np.float64)),
-            pb_utils.Tensor("detector_signal", np.array([o.detector_signal], dtype=np.float64)),
-            pb_utils.Tensor("alarm_cause", np.array([o.alarm_cause], dtype=np.int64)),
-            pb_utils.Tensor("duplicate", np.array([res.duplicate], dtype=bool)),
-            pb_utils.Tensor("gap", np.array([res.gap], dtype=np.int64)),
+            pb_utils.Tensor(name, array) for name, array in output_arrays(results).items()
         ])
 
     def execute(self, requests: list[Any]) -> list[Any]:

@@ -12,12 +12,12 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, worker_ready, worker_shutdown
+from celery.signals import after_setup_logger, worker_ready, worker_shutdown, worker_shutting_down
 from prometheus_client import start_http_server
 
 from smap_shared.settings import WorkerSettings
 from smap_shared.streaming.celery_app import make_celery_app
-from smap_shared.streaming.worker import close_process_runner, worker_metrics_port
+from smap_shared.streaming.worker import SHUTDOWN, close_process_runner, worker_metrics_port
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ def _start_metrics(**_: Any) -> None:
     log.info("metrics on :%d", port)
 
 
+def _stopping(**_: Any) -> None:
+    # a task blocked on a transient fault stops retrying and goes back to its queue (warm shutdown waits
+    # for it)
+    SHUTDOWN.set()
+
+
 def _close(**_: Any) -> None:
     close_process_runner()
 
@@ -50,5 +56,6 @@ def _log_level(logger: logging.Logger, **_: Any) -> None:
 
 
 worker_ready.connect(_start_metrics, weak=False)
+worker_shutting_down.connect(_stopping, weak=False)
 worker_shutdown.connect(_close, weak=False)
 after_setup_logger.connect(_log_level, weak=False)

@@ -157,7 +157,7 @@
   // ------------------------------------------------------------------ history
   async function loadOverview() {
     const entity = state.entity;
-    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/overview?window=${$("window").value}`);
+    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/overview?satellite_id=${encodeURIComponent(state.sat)}&window=${$("window").value}`);
     if (entity !== state.entity) return;
     body.why = whyOf(body);
     state.overview = body;
@@ -168,7 +168,7 @@
   }
   async function loadSensor() {
     const { entity, sensor } = state;
-    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensor/${sensor}?window=${$("window").value}`);
+    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensor/${sensor}?satellite_id=${encodeURIComponent(state.sat)}&window=${$("window").value}`);
     if (entity !== state.entity || sensor !== state.sensor) return;
     state.sensorData = body;
     $("sensor-title").textContent = `${entity} / ${sensor}`;
@@ -176,7 +176,7 @@
   }
   async function loadBars() {
     const entity = state.entity;
-    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensors`);
+    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensors?satellite_id=${encodeURIComponent(state.sat)}`);
     if (entity === state.entity) { state.bars = body; scheduleRender(); }
   }
   const fmt = (v) => (v == null ? "n/a" : Number(v).toPrecision(4));
@@ -186,7 +186,7 @@
     const sensors = $("sensor");
     sensors.replaceChildren();
     state.overview = state.sensorData = state.bars = null;
-    const snapshot = getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensors`);
+    const snapshot = getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensors?satellite_id=${encodeURIComponent(state.sat)}`);
     await Promise.all([loadOverview(), snapshot.then((b) => {
       // loads overlap when the selection changes quickly: only the current entity's answer fills the list,
       // and it replaces it (appending doubled the options when two answers for the same entity arrived)

@@ -86,13 +86,28 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 15) -> None:
         proc.wait(5)
 
 
+def write_fleet(path: Path, satellites: int, entities: list[str]) -> Path:
+    """A constellation of identical spacecraft: SAT-001..SAT-<satellites>, each with every entity."""
+    quoted = ", ".join(f'"{e}"' for e in entities)
+    body = [f"deployed = [{quoted}]"]
+    body += [f'[[satellites]]\nid = "SAT-{k:03d}"\nentities = [{quoted}]' for k in range(1, satellites + 1)]
+    path.write_text("\n".join(body) + "\n")
+    return path
+
+
 @dataclass
 class Chain:
+    """`entities`: the models to serve (and the simulator's entity filter). `fleet_file`: the services' fleet
+    (None: the packaged one). `tritons`: Triton servers; worker shard k talks to server k mod tritons, so a
+    stream's state lives in one of them only."""
+
     checkpoints: Path
     entities: list[str]
     workdir: Path
     shards: int = 2
     redis_db: int = 13
+    fleet_file: Path | None = None
+    tritons: int = 1
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
@@ -101,10 +116,11 @@ class Chain:
         self.vm_port = free_port()
         self.vhost = f"smap-test-{self.run_id}"
         self.redis_state = f"redis://localhost:6379/{self.redis_db}"
-        self.triton_port = free_port()
+        self.triton_ports = [free_port() for _ in range(self.tritons)]
+        self.triton_port = self.triton_ports[0]
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.triton: TritonServer | None = None
+        self.servers: list[TritonServer] = []
 
     # ------------------------------------------------------------------ infrastructure
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> None:
@@ -122,13 +138,20 @@ class Chain:
             if not wait_port(port, timeout=30):
                 raise RuntimeError(f"port {port} did not open; see {self.logs}")
 
+    @property
+    def triton(self) -> TritonServer | None:
+        return self.servers[0] if self.servers else None
+
     def start_triton(self) -> None:
         repo = self.workdir / "models"
         generate(repo, self.checkpoints, self.entities, "KIND_CPU", self.redis_state)
-        p = self.triton_port
-        self.triton = TritonServer(repo, p, free_port(), free_port(), log_path=self.logs / "triton.log")
-        self.triton.start()
-        self.triton.wait_ready(240)
+        for k, port in enumerate(self.triton_ports):
+            log = self.logs / ("triton.log" if k == 0 else f"triton{k}.log")
+            self.servers.append(TritonServer(repo, port, free_port(), free_port(), log_path=log))
+        for server in self.servers:
+            server.start()
+        for server in self.servers:
+            server.wait_ready(240)
 
     # ------------------------------------------------------------------ services
     def env(self, **extra: str) -> dict[str, str]:
@@ -139,6 +162,7 @@ class Chain:
             "CELERY_RESULT_BACKEND": "redis://localhost:6379/12",
             "INFERENCE_SHARDS": str(self.shards),
             "TRITON_URL": f"localhost:{self.triton_port}",
+            **({"FLEET_FILE": str(self.fleet_file)} if self.fleet_file is not None else {}),
             "VICTORIA_URL": f"http://127.0.0.1:{self.vm_port}",
             "METRICS_PORT": str(free_port()),
             "LOG_LEVEL": "INFO",
@@ -153,7 +177,8 @@ class Chain:
             "-n", f"shard{shard}-{self.run_id}@%h", "--pool", "threads",  # as start-smap.sh runs them
             "--without-gossip", "--without-mingle",
             "-E", "--loglevel", os.environ.get("CHAIN_WORKER_LOGLEVEL", "INFO"),
-        ], env=self.env(SHARD_INDEX=str(shard)), cwd=REPO_ROOT / "smap-analysis-worker")
+        ], env=self.env(SHARD_INDEX=str(shard), TRITON_URL=f"localhost:{self.triton_ports[shard % self.tritons]}"),
+            cwd=REPO_ROOT / "smap-analysis-worker")
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
@@ -179,8 +204,8 @@ class Chain:
     def stop(self) -> None:
         for name in list(self.procs):
             stop_process(self.procs.pop(name))
-        if self.triton is not None:
-            self.triton.stop()
+        for server in self.servers:
+            server.stop()
         with contextlib.suppress(Exception):
             rabbit_api("DELETE", f"vhosts/{urllib.parse.quote(self.vhost, safe='')}")
 
@@ -198,10 +223,11 @@ class Chain:
 
 
 @contextlib.contextmanager
-def running_chain(checkpoints: Path, entities: list[str], workdir: Path, redis_db: int = 13) -> Iterator[Chain]:
+def running_chain(checkpoints: Path, entities: list[str], workdir: Path, redis_db: int = 13,
+                  fleet_file: Path | None = None, shards: int = 2) -> Iterator[Chain]:
     """The whole chain up (infrastructure, Triton, workers, trigger, consumer) for the body, then stopped.
     Tests that run at the same time need distinct `redis_db`s (the models' stream state)."""
-    chain = Chain(checkpoints, entities, workdir, redis_db=redis_db)
+    chain = Chain(checkpoints, entities, workdir, redis_db=redis_db, fleet_file=fleet_file, shards=shards)
     try:
         chain.start_infra()
         chain.start_triton()

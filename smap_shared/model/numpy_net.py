@@ -62,22 +62,29 @@ class NumpyOmniAnomaly:
 
     def step(self, x: Array, h: Array) -> tuple[Array, Array, Array]:
         """One timestep: normalised input (n,), state (2, 32) -> reconstruction (n,), mu (8,), new state."""
+        recon, mu, new_h = self.step_many(x[np.newaxis, :], h[np.newaxis])
+        return recon[0], mu[0], new_h[0]
+
+    def step_many(self, x: Array, h: Array) -> tuple[Array, Array, Array]:
+        """One timestep of B independent streams at once (one vectorised step, the rows never mix):
+        inputs (B, n), states (B, 2, 32) -> reconstructions (B, n), mu (B, 8), new states (B, 2, 32).
+        Row b equals `step(x[b], h[b])` up to float64 rounding of the matrix products (~1e-16)."""
         inp = x
         new_h = np.empty_like(h)
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.gru):
-            gi = w_ih @ inp + b_ih
-            gh = w_hh @ h[layer] + b_hh
-            rz = _sigmoid(gi[: 2 * N_HIDDEN] + gh[: 2 * N_HIDDEN])
-            r, z = rz[:N_HIDDEN], rz[N_HIDDEN:]
-            n = np.tanh(gi[2 * N_HIDDEN :] + r * gh[2 * N_HIDDEN :])
-            new_h[layer] = (1.0 - z) * n + z * h[layer]
-            inp = new_h[layer]
+            gi = inp @ w_ih.T + b_ih
+            gh = h[:, layer] @ w_hh.T + b_hh
+            rz = _sigmoid(gi[:, : 2 * N_HIDDEN] + gh[:, : 2 * N_HIDDEN])
+            r, z = rz[:, :N_HIDDEN], rz[:, N_HIDDEN:]
+            n = np.tanh(gi[:, 2 * N_HIDDEN :] + r * gh[:, 2 * N_HIDDEN :])
+            new_h[:, layer] = (1.0 - z) * n + z * h[:, layer]
+            inp = new_h[:, layer]
         w0, b0, a1, w2, b2, a3, w5, b5 = self.enc
-        e = _prelu(w0 @ inp + b0, a1)
-        e = _prelu(w2 @ e + b2, a3)
-        mu = (w5 @ e + b5)[:N_LATENT]
+        e = _prelu(inp @ w0.T + b0, a1)
+        e = _prelu(e @ w2.T + b2, a3)
+        mu = (e @ w5.T + b5)[:, :N_LATENT]
         d0, c0, p1, d2, c2, p3, d4, c4 = self.dec
-        d = _prelu(d0 @ mu + c0, p1)
-        d = _prelu(d2 @ d + c2, p3)
-        recon = _sigmoid(d4 @ d + c4)
+        d = _prelu(mu @ d0.T + c0, p1)
+        d = _prelu(d @ d2.T + c2, p3)
+        recon = _sigmoid(d @ d4.T + c4)
         return recon, mu, new_h

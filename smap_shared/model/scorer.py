@@ -42,6 +42,8 @@ class StepOutput:
     threshold: float
     detector_signal: float
     alarm_cause: int = 0
+    #: set by the stream registry: a digest of the input row this output answers (a redelivery must match)
+    input_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,12 +96,31 @@ class Scorer:
             raise ValueError("input_data contains NaN or Inf")
         return x
 
+    def check_rows(self, rows: Array) -> Array:
+        """K input rows (K, n), each checked as `check_input` checks one."""
+        x = np.asarray(rows, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_sensors:
+            raise ValueError(
+                f"input_data has shape {list(x.shape)} but model {self.ckpt.entity} expects [K, {self.n_sensors}]"
+            )
+        if not np.isfinite(x).all():
+            bad = sorted({int(i) for i in np.flatnonzero(~np.isfinite(x).all(axis=1))})
+            raise ValueError(f"input_data contains NaN or Inf (rows {bad[:10]})")
+        return x
+
     def step(self, x_raw: Array, state: Array) -> tuple[StepOutput, Array]:
         x = self.check_input(x_raw)
+        return self.step_many(x[np.newaxis, :], state[np.newaxis, :])[0]
+
+    def step_many(self, rows_raw: Array, states: Array) -> list[tuple[StepOutput, Array]]:
+        """One step of B different streams at once: rows (B, n) in raw units, states (B, S) -> each
+        stream's output and new state. The network runs one vectorised step over the B rows; the rule runs
+        per stream. Row b equals `step(rows_raw[b], states[b])` up to float64 rounding (~1e-16)."""
+        x = self.check_rows(rows_raw)
         z = self.norm.transform(x)
-        hidden = state[:HIDDEN_SIZE].reshape(N_LAYERS, N_HIDDEN)
-        recon, _mu, new_hidden = self.net.step(z, hidden)
-        return self.decide(z, recon, state, new_hidden, x)
+        hidden = states[:, :HIDDEN_SIZE].reshape(-1, N_LAYERS, N_HIDDEN)
+        recon, _mu, new_hidden = self.net.step_many(z, hidden)
+        return [self.decide(z[b], recon[b], states[b], new_hidden[b], x[b]) for b in range(x.shape[0])]
 
     def run(self, seq_raw: Array, state: Array | None = None) -> SequenceOutput:
         """Score a sequence step by step from `state` (zeros by default): the offline reference."""

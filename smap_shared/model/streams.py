@@ -1,12 +1,19 @@
 """Per-stream model state with exactly-once application of each step.
 
 The model is stateful, and delivery upstream is at-least-once, so the model itself decides what a request
-means from its `sequence_index`:
-- newer than the last applied index: apply the step (a jump forward is a gap: counted, still applied);
+means from its `sequence_index` and, where the source marks them, its run (`run_id`, `sequence_start`: the
+simulator marks every run and every lap of a loop, like the START control of Triton's sequence batcher):
+- a row that starts a run (`sequence_start`), or carries a run id the stream has not seen: the stream starts
+  over from the initial state, deliberately (a redelivered start of the run in force is a redelivery);
+- a row of an earlier run of the stream (its run id among the last ones replaced): refused, with a reason;
+- newer than the last applied index: apply the step (a jump forward is a gap: counted, still applied; a jump
+  of more than `max_jump` indices is refused as implausible);
 - not newer and still in the recent history: a redelivery; answer with the outputs recorded the first time
-  and leave the state alone;
-- older than the history remembers: the source started the stream over (a simulator restart or a new lap
-  of a replay): the stream restarts from the initial state at that index, as the offline model would.
+  and leave the state alone, provided the input is the same (the same index with other values is refused:
+  it is not a redelivery);
+- older than the history remembers (rows without a run id only): the source started the stream over
+  without saying so: the stream restarts from the initial state at that index, as the offline model would.
+A refused row raises RefusedRowError: the request applies nothing, and the caller sends its other rows again.
 
 State is written through to a store (Redis in production) before it becomes visible in memory, so a crash
 between the two can only lose a step that was never answered, and a restart resumes every stream where it
@@ -15,10 +22,12 @@ stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +39,25 @@ Array = npt.NDArray[np.float64]
 log = logging.getLogger(__name__)
 
 DEFAULT_STREAM = "__default__"
+#: A jump forward of more indices than this is refused as implausible (11.6 days of a 1 Hz stream).
+DEFAULT_MAX_JUMP = 1_000_000
+#: Run ids remembered after they were replaced, so a late frame of an old run is recognised and refused.
+PAST_RUNS = 4
+
+
+class RefusedRowError(ValueError):
+    """A row the model will not apply (its stream's state is left untouched); the message says why and starts
+    with REFUSED, which the worker reads as a permanent fault of that row."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"{REFUSED} {why}")
+
+
+REFUSED = "refused:"
+
+
+def input_digest(row: Array) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(row, dtype="<f8").tobytes(), digest_size=8).hexdigest()
 
 
 @dataclass
@@ -40,6 +68,8 @@ class StreamState:
     gaps: int = 0  # total indices skipped over the stream's life
     resets: int = 0  # times the source started the stream over
     history: OrderedDict[int, StepOutput] = field(default_factory=OrderedDict)
+    run_id: str | None = None  # the source's run in force (None: the source marks no runs)
+    past_runs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,17 +79,29 @@ class StepResult:
     gap: int  # indices skipped right before this step (0 when contiguous)
 
 
+@dataclass(frozen=True)
+class StreamUpdate:
+    """What one request changed of one stream: its final state, and the outputs it recorded (index order).
+    `restarted`: the stream started over inside the request, so the stored history is replaced, not extended."""
+
+    stream_id: str
+    state: StreamState
+    outputs: list[tuple[int, StepOutput]]
+    restarted: bool = False
+
+
 class StateStore(Protocol):
     def load_all(self) -> dict[str, StreamState]: ...
 
-    def save(self, stream_id: str, state: StreamState, index: int | None, output: StepOutput) -> None: ...
+    def save_many(self, updates: list[StreamUpdate]) -> None:
+        """Persist every update at once (all or nothing, as far as the store allows); raises on failure."""
 
 
 class NullStore:
     def load_all(self) -> dict[str, StreamState]:
         return {}
 
-    def save(self, stream_id: str, state: StreamState, index: int | None, output: StepOutput) -> None:
+    def save_many(self, updates: list[StreamUpdate]) -> None:
         return None
 
 
@@ -67,7 +109,7 @@ def encode_output(index: int, out: StepOutput) -> str:
     return json.dumps({
         "i": index, "r": out.reconstruction.tolist(), "e": out.sensor_error.tolist(),
         "s": out.anomaly_score, "d": out.anomaly_detected, "t": out.threshold,
-        "g": out.detector_signal, "c": out.alarm_cause,
+        "g": out.detector_signal, "c": out.alarm_cause, "x": out.input_digest,
     })
 
 
@@ -77,7 +119,7 @@ def decode_output(text: str | bytes) -> tuple[int, StepOutput]:
         reconstruction=np.asarray(d["r"], dtype=np.float64), sensor_error=np.asarray(d["e"], dtype=np.float64),
         anomaly_score=float(d["s"]), anomaly_detected=bool(d["d"]), threshold=float(d["t"]),
         detector_signal=float(d.get("g", "nan")),  # absent in history written before the output existed
-        alarm_cause=int(d.get("c", 0)),
+        alarm_cause=int(d.get("c", 0)), input_digest=str(d.get("x", "")),
     )
     return int(d["i"]), out
 
@@ -85,10 +127,12 @@ def decode_output(text: str | bytes) -> tuple[int, StepOutput]:
 class StreamRegistry:
     """All streams of one model. Not thread-safe: one Triton instance owns one model's streams."""
 
-    def __init__(self, scorer: Scorer, store: StateStore | None = None, history: int = 256) -> None:
+    def __init__(self, scorer: Scorer, store: StateStore | None = None, history: int = 256,
+                 max_jump: int = DEFAULT_MAX_JUMP) -> None:
         self.scorer = scorer
         self.store: StateStore = store or NullStore()
         self.history = history
+        self.max_jump = max_jump
         self.streams: dict[str, StreamState] = self.store.load_all()
         # a state saved by another model version (a different decision rule's memory) would be misread:
         # those streams start over
@@ -106,33 +150,130 @@ class StreamRegistry:
             st = StreamState(hidden=self.scorer.initial_state())
         return st
 
-    def step(self, x: Array, stream_id: str | None = None, index: int | None = None) -> StepResult:
-        sid = stream_id or DEFAULT_STREAM
-        st = self.state(sid)
-        if index is not None and st.last_index is not None and index <= st.last_index:
-            cached = st.history.get(index)
-            if cached is not None:
-                return StepResult(cached, duplicate=True, gap=0)
-            log.warning("stream %s restarts at index %d (last applied %d, beyond the %d-step history)",
-                        sid, index, st.last_index, len(st.history))
-            st = StreamState(hidden=self.scorer.initial_state(), gaps=st.gaps, resets=st.resets + 1)
-        out, hidden = self.scorer.step(x, st.hidden)
-        gap = 0 if index is None or st.last_index is None else index - st.last_index - 1
-        history = OrderedDict(st.history)
-        if index is not None:
-            history[index] = out
-            while len(history) > self.history:
-                history.popitem(last=False)
-        new = StreamState(
-            hidden=hidden, last_index=index if index is not None else st.last_index,
-            steps=st.steps + 1, gaps=st.gaps + gap, resets=st.resets, history=history,
-        )
+    def step(self, x: Array, stream_id: str | None = None, index: int | None = None, run_id: str | None = None,
+             start: bool = False) -> StepResult:
+        return self.step_many(np.asarray(x, dtype=np.float64).reshape(1, -1), [stream_id], [index], [run_id],
+                              [start])[0]
+
+    def _fresh(self, st: StreamState, run_id: str | None) -> StreamState:
+        """The stream started over (from the initial state), keeping its counters and the runs it replaced."""
+        past = st.past_runs
+        if st.run_id is not None and st.run_id != run_id:
+            past = (*past, st.run_id)[-PAST_RUNS:]
+        return StreamState(hidden=self.scorer.initial_state(), gaps=st.gaps,
+                           resets=st.resets + (1 if st.steps else 0), run_id=run_id, past_runs=past)
+
+    def step_many(
+        self, rows: Array, stream_ids: Sequence[str | None], indices: Sequence[int | None],
+        run_ids: Sequence[str | None] | None = None, starts: Sequence[bool] | None = None,
+    ) -> list[StepResult]:
+        """Apply K rows (K, n) of any streams, each row with its stream id and index; one result per row.
+
+        Rows of one stream are applied in their order in the request; the d-th rows of all streams form a
+        wave that goes through one vectorised network step. Nothing is visible (in memory or to a later
+        request) until every changed stream is written to the store in one go: if that fails, the request
+        fails as a whole and a retry recomputes the same outputs.
+        """
+        x = np.asarray(rows, dtype=np.float64)
+        if x.ndim != 2 or len(stream_ids) != x.shape[0] or len(indices) != x.shape[0]:
+            raise ValueError(
+                f"input_data {list(x.shape)}, stream_id [{len(stream_ids)}] and sequence_index [{len(indices)}] "
+                "must have the same number of rows"
+            )
+        runs = list(run_ids) if run_ids is not None else [None] * x.shape[0]
+        begins = list(starts) if starts is not None else [False] * x.shape[0]
+        if len(runs) != x.shape[0] or len(begins) != x.shape[0]:
+            raise ValueError(f"run_id [{len(runs)}] and sequence_start [{len(begins)}] must have "
+                             f"{x.shape[0]} rows like input_data")
+        sids = [s or DEFAULT_STREAM for s in stream_ids]
+        positions: dict[str, list[int]] = {}
+        for pos, sid in enumerate(sids):
+            positions.setdefault(sid, []).append(pos)
+        work = {sid: self.state(sid) for sid in positions}
+        recorded: dict[str, list[tuple[int, StepOutput]]] = {}
+        restarted: set[str] = set()
+        own_history: set[str] = set()  # streams whose history dict is this request's copy
+        results: list[StepResult | None] = [None] * x.shape[0]
+        for depth in range(max(len(p) for p in positions.values())):
+            wave: list[tuple[int, str]] = []
+            for sid, pos_list in positions.items():
+                if depth >= len(pos_list):
+                    continue
+                pos = pos_list[depth]
+                index = indices[pos]
+                run = runs[pos] or None
+                st = work[sid]
+                digest = input_digest(x[pos])
+                new_run = run is not None and (run != st.run_id or begins[pos])
+                if run is not None and run != st.run_id and run in st.past_runs:
+                    raise RefusedRowError(f"stream {sid}: index {index} belongs to run {run}, which the stream "
+                                          f"left for run {st.run_id}")
+                if new_run and run == st.run_id and index is not None and index in st.history:
+                    new_run = False  # the run's start, redelivered
+                if new_run:
+                    if st.last_index is not None:
+                        log.info("stream %s starts run %s at index %s (last applied %s of run %s)", sid, run,
+                                 index, st.last_index, st.run_id)
+                    st = work[sid] = self._fresh(st, run)
+                    own_history.add(sid)
+                    restarted.add(sid)
+                    recorded[sid] = []
+                elif index is not None and st.last_index is not None and index <= st.last_index:
+                    cached = st.history.get(index)
+                    if cached is not None:
+                        if cached.input_digest and cached.input_digest != digest:
+                            raise RefusedRowError(
+                                f"stream {sid}: index {index} was already applied with other values (not a "
+                                "redelivery; a source that starts over must mark a new run)")
+                        results[pos] = StepResult(cached, duplicate=True, gap=0)
+                        continue
+                    if run is not None:
+                        raise RefusedRowError(f"stream {sid}: index {index} of run {run} is older than the "
+                                              f"{len(st.history)}-step history (last applied {st.last_index})")
+                    log.warning("stream %s restarts at index %d (last applied %d, beyond the %d-step history)",
+                                sid, index, st.last_index, len(st.history))
+                    st = work[sid] = self._fresh(st, run)
+                    own_history.add(sid)
+                    restarted.add(sid)
+                    recorded[sid] = []
+                elif (index is not None and st.last_index is not None
+                      and index - st.last_index - 1 > self.max_jump):
+                    raise RefusedRowError(f"stream {sid}: index {index} jumps {index - st.last_index - 1} indices "
+                                          f"past {st.last_index} (more than {self.max_jump}: implausible)")
+                wave.append((pos, sid))
+            if not wave:
+                continue
+            stepped = self.scorer.step_many(x[[p for p, _ in wave]], np.stack([work[s].hidden for _, s in wave]))
+            for (pos, sid), (step_out, hidden) in zip(wave, stepped, strict=True):
+                st = work[sid]
+                index = indices[pos]
+                out = replace(step_out, input_digest=input_digest(x[pos]))
+                gap = 0 if index is None or st.last_index is None else index - st.last_index - 1
+                history = st.history
+                if sid not in own_history:
+                    history = OrderedDict(history)
+                    own_history.add(sid)
+                if index is not None:
+                    history[index] = out
+                    while len(history) > self.history:
+                        history.popitem(last=False)
+                    recorded.setdefault(sid, []).append((index, out))
+                work[sid] = StreamState(
+                    hidden=hidden, last_index=index if index is not None else st.last_index,
+                    steps=st.steps + 1, gaps=st.gaps + gap, resets=st.resets, history=history,
+                    run_id=st.run_id, past_runs=st.past_runs,
+                )
+                if gap:
+                    log.warning("stream %s: gap of %d indices before %s", sid, gap, index)
+                results[pos] = StepResult(out, duplicate=False, gap=gap)
+        changed = [sid for sid in positions if sid in own_history]
         # Write through first: if the store fails, nothing changed and the caller's retry recomputes.
-        self.store.save(sid, new, index, out)
-        self.streams[sid] = new
-        if gap:
-            log.warning("stream %s: gap of %d indices before %s", sid, gap, index)
-        return StepResult(out, duplicate=False, gap=gap)
+        self.store.save_many([
+            StreamUpdate(sid, work[sid], recorded.get(sid, []), restarted=sid in restarted) for sid in changed
+        ])
+        for sid in changed:
+            self.streams[sid] = work[sid]
+        return [r for r in results if r is not None]
 
 
 class RedisStateStore:
@@ -148,18 +289,26 @@ class RedisStateStore:
     def _keys(self, stream_id: str) -> tuple[str, str]:
         return self.prefix + stream_id, self.prefix + stream_id + ":hist"
 
-    def save(self, stream_id: str, state: StreamState, index: int | None, output: StepOutput) -> None:
-        key, hist = self._keys(stream_id)
+    def save_many(self, updates: list[StreamUpdate]) -> None:
+        """One MULTI/EXEC pipeline for the whole request: every stream's state and new outputs, or nothing."""
+        if not updates:
+            return
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(key, mapping={
-            "hidden": state.hidden.astype("<f8").tobytes(),
-            "shape": json.dumps(list(state.hidden.shape)),
-            "last_index": "" if state.last_index is None else str(state.last_index),
-            "steps": state.steps, "gaps": state.gaps, "resets": state.resets,
-        })
-        if index is not None:
-            pipe.rpush(hist, encode_output(index, output))
-            pipe.ltrim(hist, -self.history, -1)
+        for u in updates:
+            key, hist = self._keys(u.stream_id)
+            st = u.state
+            pipe.hset(key, mapping={
+                "hidden": st.hidden.astype("<f8").tobytes(),
+                "shape": json.dumps(list(st.hidden.shape)),
+                "last_index": "" if st.last_index is None else str(st.last_index),
+                "steps": st.steps, "gaps": st.gaps, "resets": st.resets,
+                "run_id": st.run_id or "", "past_runs": json.dumps(list(st.past_runs)),
+            })
+            if u.restarted:
+                pipe.delete(hist)  # the previous run's outputs must never answer this run's indices
+            if u.outputs:
+                pipe.rpush(hist, *(encode_output(i, o) for i, o in u.outputs[-self.history:]))
+                pipe.ltrim(hist, -self.history, -1)
         pipe.execute()
 
     def load_all(self) -> dict[str, StreamState]:
@@ -180,7 +329,8 @@ class RedisStateStore:
             out[sid] = StreamState(
                 hidden=hidden, last_index=int(last) if last else None,
                 steps=int(h[b"steps"]), gaps=int(h[b"gaps"]), resets=int(h.get(b"resets", 0)),
-                history=history,
+                history=history, run_id=h.get(b"run_id", b"").decode() or None,
+                past_runs=tuple(json.loads(h.get(b"past_runs", b"[]"))),
             )
         return out
 

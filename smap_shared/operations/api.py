@@ -20,7 +20,7 @@ from aiohttp import web
 
 from smap_shared.fleet import Fleet, FleetError
 from smap_shared.model.rules import ALARM_CAUSES
-from smap_shared.operations.params import TimeRange, parse_lookback, parse_range, parse_time
+from smap_shared.operations.params import ParamError, TimeRange, parse_lookback, parse_range, parse_time
 from smap_shared.operations.vm import Series, VictoriaClient, VictoriaUnavailableError, align, rollup
 from smap_shared.schemas import SENSOR_KEY
 
@@ -43,12 +43,16 @@ class Catalog:
     fleet: Fleet
     widths: Mapping[str, int]
 
-    def satellite_of(self, entity: str) -> str:
-        try:
-            return self.fleet.satellite_of(entity)
-        except FleetError:
+    def satellite_of(self, entity: str, satellite_id: str | None = None) -> str:
+        if entity not in self.widths:
             known = ", ".join(self.fleet.fleet_entities())
-            raise NotFoundError(f"unknown entity {entity!r}; known: {known}") from None
+            raise NotFoundError(f"unknown entity {entity!r}; known: {known}")
+        try:
+            return self.fleet.satellite_of(entity, satellite_id)
+        except FleetError as exc:
+            if satellite_id is not None:
+                raise NotFoundError(str(exc)) from None
+            raise ParamError(str(exc)) from None
 
     def check_sensor(self, entity: str, sensor: str) -> None:
         m = SENSOR_KEY.match(sensor)
@@ -155,8 +159,9 @@ async def satellites(request: web.Request) -> web.Response:
     lookback = parse_lookback(request.query)
     now = time.time()
     window = max(1, round(lookback * 1000))
-    status: dict[str, dict[str, Any]] = {
-        e: {"state": "unknown", "anomaly_score": None, "timestamp": None} for e in catalog.fleet.fleet_entities()
+    status: dict[tuple[str, str], dict[str, Any]] = {
+        stream: {"state": "unknown", "anomaly_score": None, "timestamp": None}
+        for stream in catalog.fleet.streams()
     }
     victoria = "ok"
     try:
@@ -170,19 +175,19 @@ async def satellites(request: web.Request) -> web.Response:
         victoria = "unavailable"
         last, stamps = [], []
     for s in last:
-        entity = s.metric.get("entity", "")
-        if entity in status and s.values and s.values[0] is not None:
+        stream = (s.metric.get("satellite_id", ""), s.metric.get("entity", ""))
+        if stream in status and s.values and s.values[0] is not None:
             if s.name == SCORE:
-                status[entity]["anomaly_score"] = s.values[0]
+                status[stream]["anomaly_score"] = s.values[0]
             elif s.name == DETECTED:
-                status[entity]["state"] = "anomaly" if s.values[0] else "normal"
+                status[stream]["state"] = "anomaly" if s.values[0] else "normal"
     for s in stamps:
-        entity = s.metric.get("entity", "")
-        if entity in status and s.values:
-            status[entity]["timestamp"] = s.values[0]
+        stream = (s.metric.get("satellite_id", ""), s.metric.get("entity", ""))
+        if stream in status and s.values:
+            status[stream]["timestamp"] = s.values[0]
     body = [
         {"id": sat.id, "name": sat.name, "entities": list(sat.entities),
-         "status": {e: status[e] for e in sat.entities}}
+         "status": {e: status[(sat.id, e)] for e in sat.entities}}
         for sat in catalog.fleet.satellites
     ]
     return web.json_response(body, headers={"X-Victoria-Status": victoria})
@@ -191,7 +196,7 @@ async def satellites(request: web.Request) -> web.Response:
 async def entity_overview(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     entity = request.match_info["entity"]
-    sat = catalog.satellite_of(entity)
+    sat = catalog.satellite_of(entity, request.query.get("satellite_id"))
     tr = parse_range(request.query, time.time())
     labels = {"satellite_id": sat, "entity": entity}
     vm = request.app[VICTORIA]
@@ -206,7 +211,7 @@ async def entity_overview(request: web.Request) -> web.Response:
 async def sensor_history(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     entity, sensor = request.match_info["entity"], request.match_info["sensor"]
-    sat = catalog.satellite_of(entity)
+    sat = catalog.satellite_of(entity, request.query.get("satellite_id"))
     catalog.check_sensor(entity, sensor)
     tr = parse_range(request.query, time.time())
     labels = {"satellite_id": sat, "entity": entity, "sensor": sensor}
@@ -221,7 +226,7 @@ async def sensor_history(request: web.Request) -> web.Response:
 async def sensor_snapshot(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     entity = request.match_info["entity"]
-    sat = catalog.satellite_of(entity)
+    sat = catalog.satellite_of(entity, request.query.get("satellite_id"))
     at = parse_time(request.query["time"], "time") if "time" in request.query else time.time()
     window = max(1, round(parse_lookback(request.query) * 1000))
     labels = {"satellite_id": sat, "entity": entity}

@@ -12,10 +12,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
@@ -23,11 +23,10 @@ from aiokafka import ConsumerRecord, TopicPartition
 from smap_shared.model.rules import ALARM_CAUSES
 from smap_shared.schemas import SENSOR_KEY, InferenceResult
 from smap_shared.settings import ConsumerSettings
+from smap_shared.streaming.app import run_batches
 from smap_shared.streaming.kafka import (
     SHUTDOWN_STEP_TIMEOUT_S,
     AckedSender,
-    ContiguousFetcher,
-    commit,
     key_text,
     make_consumer,
     settle,
@@ -44,7 +43,6 @@ IMPORT_PATH = "/api/v1/import/prometheus"
 IMPORT_TIMEOUT_S = 10.0
 BACKOFF_S = 0.2
 BACKOFF_MAX_S = 10.0
-POLL_TIMEOUT_MS = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -140,82 +138,54 @@ class VictoriaImporter:
                 raise VictoriaImportError(f"VictoriaMetrics answered {resp.status}: {text}")
 
 
-@dataclass
-class PendingBatch:
-    lines: list[str] = field(default_factory=list)
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read, per partition
-    messages: int = 0
-    first_at: float | None = None
-
-
-class BatchWriter:
-    """Accumulates lines and their records' offsets; a flush imports the lines, then commits the offsets."""
+class VictoriaSink:
+    """The consumer's BatchSink: `add` turns a record into its lines (or its dead letter), `flush` imports the
+    lines, retrying with capped backoff while VictoriaMetrics is down (nothing is committed meanwhile and
+    consumption pauses: backpressure)."""
 
     def __init__(
-        self, importer: Importer, commit_offsets: Callable[[Mapping[TopicPartition, int]], Awaitable[bool]],
-        stop: asyncio.Event, *, batch_max: int, flush_interval_s: float,
+        self, importer: Importer, handler: ResultHandler, stop: asyncio.Event, *,
         backoff_s: float = BACKOFF_S, backoff_max_s: float = BACKOFF_MAX_S,
     ) -> None:
         self.importer = importer
-        self.commit_offsets = commit_offsets
+        self.handler = handler
         self.stop = stop
-        self.batch_max = batch_max
-        self.flush_interval_s = flush_interval_s
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
-        self.pending = PendingBatch()
+        self.lines: list[str] = []
         self.metrics = consumer_metrics()
         self.lines_written = 0
-        self.commits = 0
+        self.imports = 0
 
-    def add(self, tp: TopicPartition, offset: int, lines: list[str]) -> None:
-        batch = self.pending
-        if batch.first_at is None:
-            batch.first_at = time.monotonic()
-        batch.lines.extend(lines)
-        batch.offsets[tp] = offset + 1
-        batch.messages += 1
+    async def add(self, tp: TopicPartition, record: ConsumerRecord) -> bool:
+        lines = None if self.stop.is_set() else await self.handler.lines_of(record)
+        if lines is None:  # stopped: this record and later ones are redelivered from here
+            return False
+        self.lines.extend(lines)
+        return True
 
-    def seconds_until_due(self) -> float | None:
-        """None: nothing pending; 0: flush now."""
-        batch = self.pending
-        if batch.first_at is None:
-            return None
-        if batch.messages >= self.batch_max:
-            return 0.0
-        return max(0.0, batch.first_at + self.flush_interval_s - time.monotonic())
-
-    async def _import(self, lines: list[str]) -> None:
+    async def _import(self) -> None:
         started = time.perf_counter()
-        await self.importer.import_lines(lines)
+        try:
+            await self.importer.import_lines(self.lines)
+        except Exception:
+            self.metrics.import_failures.inc()
+            raise
         self.metrics.import_latency.observe(time.perf_counter() - started)
 
     async def flush(self) -> bool:
-        """Import the pending lines (retrying until accepted or stopped), then commit their offsets.
-        False when stopped before VictoriaMetrics accepted: the batch stays pending and uncommitted."""
-        batch = self.pending
-        if batch.first_at is None:
-            return True
-        if batch.lines:
-            delay = self.backoff_s
-            while True:
-                try:
-                    await self._import(batch.lines)
-                    break
-                except (aiohttp.ClientError, OSError, TimeoutError, VictoriaImportError) as exc:
-                    self.metrics.import_failures.inc()
-                    log.warning("VictoriaMetrics import of %d lines failed (%r); retrying in %.1f s",
-                                len(batch.lines), exc, delay)
-                try:
-                    await asyncio.wait_for(self.stop.wait(), delay)
-                    return False
-                except TimeoutError:
-                    delay = min(delay * 2, self.backoff_max_s)
-            self.metrics.lines_written.inc(len(batch.lines))
-            self.lines_written += len(batch.lines)
-        self.pending = PendingBatch()
-        if await self.commit_offsets(batch.offsets):
-            self.commits += 1
+        """Import the pending lines (retrying until accepted or stopped). False when stopped before
+        VictoriaMetrics accepted: the lines stay pending and their records uncommitted."""
+        if self.lines:
+            what = f"VictoriaMetrics import of {len(self.lines)} lines"
+            ok = await retry_until_done(self._import, self.stop, what, backoff_s=self.backoff_s,
+                                        backoff_max_s=self.backoff_max_s)
+            if not ok:
+                return False
+            self.metrics.lines_written.inc(len(self.lines))
+            self.lines_written += len(self.lines)
+            self.imports += 1
+        self.lines = []
         return True
 
 
@@ -282,40 +252,29 @@ async def run_consumer(
     importer = importer or VictoriaImporter(settings.victoria_url, session)
     handler = ResultHandler(results_dlq_topic(settings), producer, stop)
 
-    async def commit_offsets(offsets: Mapping[TopicPartition, int]) -> bool:
-        return await commit(consumer, offsets)
+    sink = VictoriaSink(importer, handler, stop)
 
-    writer = BatchWriter(importer, commit_offsets, stop, batch_max=settings.consumer_batch_max,
-                         flush_interval_s=settings.consumer_flush_interval_s)
+    def on_fetched(tp: TopicPartition, records: list[Any]) -> None:
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            metrics.lag.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
+
+    commits = 0
     try:
         await consumer.start()
-        fetcher = ContiguousFetcher(consumer)
         log.info("consuming %s as group %s -> %s", settings.results_topic, settings.consumer_group_id,
                  settings.victoria_url)
-        while not stop.is_set():
-            due = writer.seconds_until_due()
-            timeout_ms = POLL_TIMEOUT_MS if due is None else min(POLL_TIMEOUT_MS, int(due * 1000))
-            room = settings.consumer_batch_max - writer.pending.messages
-            batches = await fetcher.getmany(timeout_ms=timeout_ms, max_records=max(room, 1))
-            for tp, records in batches.items():
-                for record in records:
-                    lines = None if stop.is_set() else await handler.lines_of(record)
-                    if lines is None:  # stopped: this record and later ones are redelivered from here
-                        break
-                    writer.add(tp, record.offset, lines)
-                highwater = consumer.highwater(tp)
-                if highwater is not None and records:
-                    metrics.lag.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
-            if writer.seconds_until_due() == 0.0:
-                await writer.flush()
-    finally:
         # after a stop: one import attempt; what VictoriaMetrics accepted gets committed
-        await settle(writer.flush(), "final flush", IMPORT_TIMEOUT_S + SHUTDOWN_STEP_TIMEOUT_S)
+        loop_stats = await run_batches(consumer, sink, stop, batch_max=settings.consumer_batch_max,
+                                       linger_s=settings.consumer_flush_interval_s, on_fetched=on_fetched,
+                                       final_flush_timeout_s=IMPORT_TIMEOUT_S + SHUTDOWN_STEP_TIMEOUT_S)
+        commits = loop_stats.commits
+    finally:
         await settle(consumer.stop(), "closing the consumer")
         await settle(producer.stop(), "closing the producer")
         await settle(session.close(), "closing the HTTP session")
     stats = handler.stats
-    stats.lines_written, stats.commits = writer.lines_written, writer.commits
+    stats.lines_written, stats.commits = sink.lines_written, commits
     log.info("consumer stopped: %d results, %d dead letters, %d lines written", stats.results,
              stats.dead_lettered, stats.lines_written)
     return stats

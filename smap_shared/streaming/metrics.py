@@ -11,7 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from smap_shared.streaming.validation import REASON_KINDS
 
 #: Final status of a worker task.
-WORKER_STATUSES = ("success", "invalid", "permanent_error", "transient_exhausted")
+WORKER_STATUSES = ("success", "invalid", "permanent_error", "requeued")
 
 #: Latency buckets (seconds) fitting a local chain: sub-millisecond to tens of seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -31,6 +31,8 @@ class TriggerMetrics:
     publish_latency: Histogram
     publish_retries: Counter
     commits: Counter
+    batch_frames: Histogram
+    lag: Gauge
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class WorkerMetrics:
     inference_latency: Histogram
     kafka_publish_latency: Histogram
     retries: Counter
+    blocked_seconds: Counter
+    blocked: Gauge
+    frames: Counter
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,9 @@ def trigger_metrics() -> TriggerMetrics:
         ),
         publish_retries=Counter("smap_trigger_publish_retries", "Failed Celery publishes retried in place"),
         commits=Counter("smap_trigger_commits", "Kafka offset commits"),
+        batch_frames=Histogram("smap_trigger_batch_frames", "Frames per published task",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)),
+        lag=Gauge("smap_trigger_lag", "Messages behind the partition's high watermark", ["partition"]),
     )
     _init_labels(metrics.messages, "published", "dead_letter")
     _init_labels(metrics.dead_letters, *REASON_KINDS)
@@ -100,9 +108,16 @@ def worker_metrics() -> WorkerMetrics:
             "smap_worker_kafka_publish_seconds", "Result publish until Kafka acked", buckets=LATENCY_BUCKETS
         ),
         retries=Counter("smap_worker_retries", "Transient failures retried in place", ["stage"]),
+        blocked_seconds=Counter(
+            "smap_worker_blocked_seconds", "Seconds the shard waited on a transient fault", ["stage"]
+        ),
+        blocked=Gauge("smap_worker_blocked", "1 while the shard is blocked on a transient fault"),
+        frames=Counter("smap_worker_frames", "Frames finished, by outcome", ["outcome"]),
     )
     _init_labels(metrics.tasks, *WORKER_STATUSES)
     _init_labels(metrics.retries, "triton", "kafka")
+    _init_labels(metrics.blocked_seconds, "triton", "kafka")
+    _init_labels(metrics.frames, "result", "dead_letter")
     return metrics
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,7 +53,8 @@ class StreamReplay:
     def rows(self) -> int:
         return int(self.test.shape[0])
 
-    def frame(self, index: int, timestamp: datetime) -> TelemetryMessage:
+    def frame(self, index: int, timestamp: datetime, run_id: str | None = None, start: bool = False
+              ) -> TelemetryMessage:
         keys = sensor_keys(int(self.test.shape[1]))
         # SMAP labels are per channel (entity), not per sensor: every sensor of the entity carries the
         # channel's 0/1 label of this row.
@@ -60,7 +62,7 @@ class StreamReplay:
         return TelemetryMessage(
             satellite_id=self.satellite_id, entity=self.entity, timestamp=timestamp, index=index,
             sensors=dict(zip(keys, (float(v) for v in self.test[index]), strict=True)),
-            ground_truth_labels=dict.fromkeys(keys, label),
+            ground_truth_labels=dict.fromkeys(keys, label), run_id=run_id, sequence_start=start,
         )
 
 
@@ -153,15 +155,28 @@ def tick_timestamp(previous: datetime | None) -> datetime:
 
 
 class _Cursor:
-    """A stream and the next row index it emits (None: the stream is done)."""
+    """A stream and the next row index it emits (None: the stream is done), and the run that index belongs
+    to: the simulator's run id for the first lap, `<run id>.<lap>` for each later lap of a loop; the first
+    frame of each lap starts its run (sequence_start), so the model starts the stream over there on purpose."""
 
-    def __init__(self, replay: StreamReplay, indices: Iterator[int]) -> None:
+    def __init__(self, replay: StreamReplay, indices: Iterator[int], run_id: str) -> None:
         self.replay = replay
         self._indices = indices
+        self._run = run_id
+        self.lap = 0
+        self.starts = True
         self.next: int | None = next(indices, None)
 
+    @property
+    def run_id(self) -> str:
+        return self._run if self.lap == 0 else f"{self._run}.{self.lap}"
+
     def advance(self) -> None:
+        previous = self.next
         self.next = next(self._indices, None)
+        self.starts = self.next is not None and previous is not None and self.next <= previous
+        if self.starts:
+            self.lap += 1
 
 
 async def replay(
@@ -169,12 +184,14 @@ async def replay(
 ) -> SimulatorStats:
     """Emit the frames of all streams, tick by tick, until every stream is done or `stop` is set."""
     metrics = simulator_metrics()
+    run_id = uuid.uuid4().hex[:12]  # a new run each time the simulator starts: the models start every stream over
+    log.info("run %s", run_id)
     cursors = []
     for r in replays:
         indices = frame_indices(
             r.rows, settings.simulator_start_index, settings.simulator_max_steps, settings.simulator_loop
         )
-        cursor = _Cursor(r, indices)
+        cursor = _Cursor(r, indices, run_id)
         if cursor.next is None:
             log.warning("%s: nothing to send (start index %d, %d test rows)",
                         r.stream_id, settings.simulator_start_index, r.rows)
@@ -192,7 +209,8 @@ async def replay(
         frames = []
         for c in cursors:
             assert c.next is not None
-            msg = c.replay.frame(c.next, stamp)  # the timestamp is the moment the frame is emitted
+            # the timestamp is the moment the frame is emitted
+            msg = c.replay.frame(c.next, stamp, c.run_id, c.starts)
             # keyed by stream id: a stream stays in one partition, so its frames stay in order
             frames.append((c.replay.stream_id.encode(), msg.model_dump_json().encode()))
         # acks=all: every frame of the tick is durable before the next tick

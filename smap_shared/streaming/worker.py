@@ -1,65 +1,73 @@
-"""smap-analysis-worker: the body of Celery task `smap_analysis.tasks.run_omnianomaly_inference`.
+"""smap-analysis-worker: the body of the Celery tasks `smap_analysis.tasks.run_omnianomaly_batch` (an
+ordered micro-batch of frames of one shard, as the trigger publishes them) and
+`smap_analysis.tasks.run_omnianomaly_inference` (one frame, for a user calling it by hand).
 
-One task = one frame of one stream: Triton inference with the stream id and index (the model keeps the
-stream's state), then the InferenceResult to Kafka, acked before the task finishes (so a Celery ack means
-the result is durable). Transient failures (Triton or Kafka unreachable, model not loaded yet) are retried
-here, in place: Celery's retry() would re-queue the step behind later steps of the same stream.
+A batch is scored with one Triton request per model present in it (all in flight at once; a model's rows in
+their order, so every stream's steps stay in order), then its results are produced to Kafka without awaiting
+each one and awaited all together (acks=all) before the task returns: a Celery ack means every frame of the
+batch has its result durable in Kafka, or (for a permanent fault: data the model refuses) a dead letter with
+the reason. A transient fault (Triton, Kafka or the model's state store unreachable, a model not loaded yet)
+blocks the shard and is retried in place with capped backoff, for as long as it lasts: no attempt budget drops
+work. A stop signal ends the retry and the task is handed back to its queue (Reject with requeue), at its
+place, so nothing is lost and the order holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.client
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-import numpy.typing as npt
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from pydantic import ValidationError
 
 from smap_shared.fleet import model_name
-from smap_shared.schemas import InferenceResult, InferenceTask, sensor_keys
+from smap_shared.model.streams import REFUSED
+from smap_shared.schemas import DeadLetter, InferenceBatch, InferenceResult, InferenceTask, sensor_keys
 from smap_shared.settings import WorkerSettings
 from smap_shared.streaming.kafka import start_producer
 from smap_shared.streaming.metrics import WORKER_STATUSES, worker_metrics
-from smap_shared.triton.client import ModelOutputs, OmniAnomalyClient, TritonInferenceError
+from smap_shared.streaming.retry import Backoff, StoppedError, retry_blocking
+from smap_shared.streaming.validation import MODEL_REFUSED, Invalid, dead_letter
+from smap_shared.triton.client import ModelOutputs, ModelRequest, OmniAnomalyClient, TritonInferenceError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 #: Markers of a TritonInferenceError that no retry can fix (the request itself is wrong).
-PERMANENT_MARKERS = ("expects",)
-BACKOFF_MAX_S = 5.0
+PERMANENT_MARKERS = ("expects", "unexpected shape", "contains NaN", "must have the same number of rows", REFUSED)
 KAFKA_SEND_TIMEOUT_S = 30.0
+SERVICE = "smap-analysis-worker"
 
-STATUS_SUCCESS, STATUS_INVALID, STATUS_PERMANENT, STATUS_EXHAUSTED = WORKER_STATUSES
+STATUS_SUCCESS, STATUS_INVALID, STATUS_PERMANENT, STATUS_REQUEUED = WORKER_STATUSES
+
+#: Set when the worker process is asked to stop (Celery's worker_shutting_down): a retry in progress ends,
+#: and its task goes back to the queue.
+SHUTDOWN = threading.Event()
 
 
 class PermanentTaskError(RuntimeError):
     """The task cannot succeed, whatever the retries: it fails without retry."""
 
 
-class TransientExhaustedError(RuntimeError):
-    """A transient failure outlasted the retry budget."""
-
-
 class InferClient(Protocol):
-    def infer(
-        self, entity: str, values: npt.NDArray[np.float64] | list[float], stream_id: str | None = None,
-        index: int | None = None,
-    ) -> ModelOutputs: ...
+    def infer_many(self, requests: Sequence[ModelRequest]) -> list[list[ModelOutputs] | Exception]: ...
 
 
 class ResultPublisher(Protocol):
-    def publish(self, topic: str, key: bytes, value: bytes) -> None:
-        """Blocking: returns once Kafka acked the message."""
+    def publish_all(self, messages: Sequence[tuple[str, bytes, bytes]]) -> list[Exception | None]:
+        """Blocking: sends every (topic, key, value) without waiting for each, then waits for all acks;
+        one entry per message, None where Kafka acked it."""
 
     def close(self) -> None: ...
 
@@ -68,7 +76,12 @@ def is_transient(exc: BaseException) -> bool:
     """Retry in place? Connection trouble and a not (yet) available model: yes; a wrong request: no."""
     if isinstance(exc, TritonInferenceError):
         return not any(marker in str(exc) for marker in PERMANENT_MARKERS)
-    return isinstance(exc, OSError | TimeoutError | concurrent.futures.TimeoutError | KafkaError)
+    if isinstance(exc, MessageSizeTooLargeError):  # a record the broker will never take
+        return False
+    # http.client.HTTPException: tritonclient's geventhttpclient raises HTTPConnectionClosed (one of those, not
+    # an OSError) when Triton closes the connection before answering (a crash or restart mid-request)
+    return isinstance(exc, OSError | TimeoutError | concurrent.futures.TimeoutError | KafkaError
+                      | http.client.HTTPException)
 
 
 class LoopThread:
@@ -122,14 +135,15 @@ class KafkaResultPublisher:
         self._loop = LoopThread("kafka-results")
         self._producer: Any = None
 
-    async def _send(self, topic: str, key: bytes, value: bytes) -> None:
+    async def _send_all(self, messages: Sequence[tuple[str, bytes, bytes]]) -> list[Exception | None]:
         if self._producer is None:
             self._producer = await start_producer(self.bootstrap_servers, client_id=self.client_id)
-        meta = await self._producer.send_and_wait(topic, value=value, key=key)
-        log.debug("published %s to %s[%d]@%d", key.decode(errors="replace"), topic, meta.partition, meta.offset)
+        futures = [await self._producer.send(topic, value=value, key=key) for topic, key, value in messages]
+        done = await asyncio.gather(*futures, return_exceptions=True)
+        return [d if isinstance(d, Exception) else None for d in done]
 
-    def publish(self, topic: str, key: bytes, value: bytes) -> None:
-        self._loop.run(self._send(topic, key, value), self.timeout_s)
+    def publish_all(self, messages: Sequence[tuple[str, bytes, bytes]]) -> list[Exception | None]:
+        return self._loop.run(self._send_all(messages), self.timeout_s)
 
     def close(self) -> None:
         if self._producer is not None:
@@ -164,28 +178,36 @@ def build_result(task: InferenceTask, outputs: ModelOutputs, inference_time_ms: 
     )
 
 
+@dataclass
+class BatchOutcome:
+    results: list[InferenceResult]
+    dead_letters: list[DeadLetter]
+
+
 class InferenceRunner:
-    """Runs tasks of one worker process; the Triton client and the Kafka publisher are made on first use
+    """Runs the tasks of one worker process; the Triton client and the Kafka publisher are made on first use
     and reused by every later task."""
 
     def __init__(
         self, settings: WorkerSettings, *, client_factory: Callable[[], InferClient] | None = None,
         publisher_factory: Callable[[], ResultPublisher] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event = SHUTDOWN,
     ) -> None:
         self.settings = settings
         self._client_factory = client_factory or self._triton_client
         self._publisher_factory = publisher_factory or self._kafka_publisher
         self._client: InferClient | None = None
         self._publisher: ResultPublisher | None = None
-        self._sleep = sleep
+        self.stop = stop
+        self.backoff = Backoff(settings.inference_retry_backoff_s, settings.inference_retry_backoff_max_s)
         self.metrics = worker_metrics()
 
     def _triton_client(self) -> InferClient:
-        return OmniAnomalyClient(self.settings.triton_url, timeout_s=self.settings.triton_timeout_s)
+        return OmniAnomalyClient(self.settings.triton_url, timeout_s=self.settings.triton_timeout_s,
+                                 concurrency=self.settings.triton_concurrency)
 
     def _kafka_publisher(self) -> ResultPublisher:
-        return KafkaResultPublisher(self.settings.kafka_bootstrap_servers, client_id="smap-analysis-worker")
+        return KafkaResultPublisher(self.settings.kafka_bootstrap_servers, client_id=SERVICE)
 
     @property
     def client(self) -> InferClient:
@@ -208,74 +230,186 @@ class InferenceRunner:
             close()
         self._client = None
 
-    def _with_retry(self, stage: str, what: str, action: Callable[[], T]) -> T:
-        attempts = self.settings.inference_retry_attempts
-        delay = self.settings.inference_retry_backoff_s
-        for attempt in range(1, attempts + 1):
+    def _blocked(self, stage: str) -> Callable[[float], None]:
+        def count(delay: float) -> None:
+            self.metrics.retries.labels(stage).inc()
+            self.metrics.blocked_seconds.labels(stage).inc(delay)
+            self.metrics.blocked.set(1)
+
+        return count
+
+    # ------------------------------------------------------------------ Triton
+    def _infer_groups(
+        self, frames: Sequence[InferenceTask]
+    ) -> tuple[dict[int, ModelOutputs], dict[int, str], float]:
+        """Outputs of every frame (by position), reasons of the frames the model refused, and the time the
+        successful requests took (ms). One request per model; transient failures retried until done."""
+        groups: dict[str, list[int]] = {}
+        for pos, f in enumerate(frames):
+            groups.setdefault(f.entity, []).append(pos)
+        outputs: dict[int, ModelOutputs] = {}
+        refused: dict[int, str] = {}
+        todo = {e: [frames[p] for p in positions] for e, positions in groups.items()}
+        elapsed_ms = 0.0
+
+        def attempt() -> None:
+            nonlocal elapsed_ms
+            entities = list(todo)
+            reqs = [self._request(e, todo[e]) for e in entities]
+            started = time.perf_counter()
+            answers = self.client.infer_many(reqs)
+            took = time.perf_counter() - started
+            transient: Exception | None = None
+            for entity, answer in zip(entities, answers, strict=True):
+                positions = groups[entity]
+                if isinstance(answer, Exception):
+                    if is_transient(answer):
+                        transient = answer
+                        continue
+                    self._refused_rows(entity, positions, frames, outputs, refused, answer)
+                elif len(answer) != len(positions):
+                    raise PermanentTaskError(
+                        f"{model_name(entity)} answered {len(answer)} rows for {len(positions)}")
+                else:
+                    outputs.update(zip(positions, answer, strict=True))
+                    self.metrics.inference_latency.observe(took)
+                    elapsed_ms = max(elapsed_ms, took * 1000.0)
+                del todo[entity]
+            if transient is not None:
+                raise transient
+
+        retry_blocking(attempt, stop=self.stop, what=f"Triton inference of {len(frames)} frames",
+                       transient=is_transient, backoff=self.backoff, on_retry=self._blocked("triton"))
+        return outputs, refused, elapsed_ms
+
+    @staticmethod
+    def _request(entity: str, frames: Sequence[InferenceTask]) -> ModelRequest:
+        return ModelRequest(entity, np.array([f.sensor_values for f in frames], dtype=np.float64),
+                            [f.stream_id for f in frames], [f.index for f in frames],
+                            [f.run_id for f in frames], [f.sequence_start for f in frames])
+
+    def _refused_rows(self, entity: str, positions: list[int], frames: Sequence[InferenceTask],
+                      outputs: dict[int, ModelOutputs], refused: dict[int, str], error: Exception) -> None:
+        """A request the model refused applied nothing (a request is all or nothing): with one row, that row
+        is refused; with several, each row is sent alone, in order, so only the bad ones are refused."""
+        if len(positions) == 1:
+            refused[positions[0]] = str(error)
+            return
+        for pos in positions:
+            f = frames[pos]
+            req = self._request(entity, [f])
+
+            def one(req: ModelRequest = req) -> list[ModelOutputs] | Exception:
+                answer = self.client.infer_many([req])[0]
+                if isinstance(answer, Exception) and is_transient(answer):
+                    raise answer
+                return answer
+
+            answer = retry_blocking(one, stop=self.stop, what=f"Triton inference of {f.stream_id}#{f.index}",
+                                    transient=is_transient, backoff=self.backoff, on_retry=self._blocked("triton"))
+            if isinstance(answer, Exception):
+                refused[pos] = str(answer)
+            elif len(answer) != 1:
+                raise PermanentTaskError(f"{model_name(entity)} answered {len(answer)} rows for 1")
+            else:
+                outputs[pos] = answer[0]
+
+    # ------------------------------------------------------------------ Kafka
+    def _publish(self, messages: list[tuple[str, bytes, bytes]]) -> None:
+        """Every message acked by Kafka, retrying only the ones that failed, for as long as it takes."""
+        todo = list(messages)
+
+        def attempt() -> None:
+            nonlocal todo
+            started = time.perf_counter()
+            errors = self.publisher.publish_all(todo)
+            failed = [m for m, e in zip(todo, errors, strict=True) if e is not None]
+            first = next((e for e in errors if e is not None), None)
+            todo = failed
+            if first is not None:
+                raise first
+            self.metrics.kafka_publish_latency.observe(time.perf_counter() - started)
+
+        if todo:
+            retry_blocking(attempt, stop=self.stop, what=f"producing {len(messages)} results to Kafka",
+                           transient=is_transient, backoff=self.backoff, on_retry=self._blocked("kafka"))
+
+    # ------------------------------------------------------------------ a batch
+    def run_batch(self, frames: Sequence[InferenceTask]) -> BatchOutcome:
+        """Score the frames and make their results (or dead letters) durable in Kafka; raises StoppedError when
+        asked to stop before that."""
+        try:
+            return self._run_batch(frames)
+        finally:
+            self.metrics.blocked.set(0)
+
+    def _run_batch(self, frames: Sequence[InferenceTask]) -> BatchOutcome:
+        outputs, refused, took_ms = self._infer_groups(frames)
+        results: list[InferenceResult] = []
+        letters: list[DeadLetter] = []
+        for pos, f in enumerate(frames):
+            if pos in refused:
+                letters.append(self._dead_letter(f, refused[pos]))
+                continue
             try:
-                return action()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise PermanentTaskError(f"{stage} failed for {what}: {exc}") from exc
-                if attempt == attempts:
-                    raise TransientExhaustedError(
-                        f"{stage} still failing for {what} after {attempts} attempts: {exc!r}"
-                    ) from exc
-                log.warning("%s failed for %s (attempt %d/%d: %r); retrying in %.2f s",
-                            stage, what, attempt, attempts, exc, delay)
-                self.metrics.retries.labels(stage).inc()
-                self._sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
-        raise AssertionError("unreachable")
-
-    def _infer(self, task: InferenceTask) -> tuple[ModelOutputs, float]:
-        started = time.perf_counter()
-        outputs = self.client.infer(
-            task.entity, task.sensor_values, stream_id=task.stream_id, index=task.index
-        )
-        elapsed = time.perf_counter() - started
-        self.metrics.inference_latency.observe(elapsed)
-        return outputs, elapsed * 1000.0
-
-    def _publish(self, result: InferenceResult) -> None:
-        started = time.perf_counter()
+                results.append(build_result(f, outputs[pos], took_ms))
+            except PermanentTaskError as exc:
+                letters.append(self._dead_letter(f, str(exc)))
         # keyed by stream id: a stream's results stay in one partition, in order
-        self.publisher.publish(self.settings.results_topic, result.stream_id.encode(),
-                               result.model_dump_json().encode())
-        self.metrics.kafka_publish_latency.observe(time.perf_counter() - started)
+        messages = [(self.settings.results_topic, r.stream_id.encode(), r.model_dump_json().encode())
+                    for r in results]
+        messages += [(self.settings.dlq_topic, d.key.encode() if d.key else b"", d.model_dump_json().encode())
+                     for d in letters]
+        self._publish(messages)
+        self.metrics.frames.labels("result").inc(len(results))
+        self.metrics.frames.labels("dead_letter").inc(len(letters))
+        return BatchOutcome(results, letters)
 
-    def run(self, task: InferenceTask) -> InferenceResult:
-        what = f"{task.stream_id}#{task.index}"
-        outputs, inference_ms = self._with_retry("triton", what, lambda: self._infer(task))
-        result = build_result(task, outputs, inference_ms)
-        self._with_retry("kafka", what, lambda: self._publish(result))
-        log.debug("%s done (duplicate=%s)", what, outputs.duplicate)
-        return result
+    @staticmethod
+    def _dead_letter(frame: InferenceTask, detail: str) -> DeadLetter:
+        log.error("%s#%d dead-lettered: %s", frame.stream_id, frame.index, detail)
+        return dead_letter(Invalid(MODEL_REFUSED, detail), raw=frame.model_dump_json().encode(),
+                           topic="celery:" + SERVICE, partition=-1, offset=frame.index, key=frame.stream_id,
+                           service=SERVICE)
 
-    def execute(self, kwargs: Mapping[str, Any]) -> InferenceResult:
-        """The task body: validate the kwargs, run, count the outcome; raises when the task fails."""
+    def run(self, task: InferenceTask) -> InferenceResult | DeadLetter:
+        outcome = self.run_batch([task])
+        return outcome.results[0] if outcome.results else outcome.dead_letters[0]
+
+    def execute_batch(self, kwargs: Mapping[str, Any]) -> BatchOutcome:
+        """The batch task body: validate, run, count the outcome. Raises PermanentTaskError for kwargs that
+        are no batch (acked: they can never succeed) and StoppedError when asked to stop (requeued)."""
+        try:
+            batch = InferenceBatch.model_validate(dict(kwargs))
+        except ValidationError as exc:
+            self.metrics.tasks.labels(STATUS_INVALID).inc()
+            log.error("invalid batch task kwargs, dropped: %s", exc)
+            raise PermanentTaskError(f"invalid batch task kwargs: {exc}") from exc
+        return self._counted(lambda: self.run_batch(batch.frames), f"batch of {len(batch.frames)}")
+
+    def execute(self, kwargs: Mapping[str, Any]) -> InferenceResult | DeadLetter:
+        """The one-frame task body (kwargs: an InferenceTask)."""
         try:
             task = InferenceTask.model_validate(dict(kwargs))
         except ValidationError as exc:
             self.metrics.tasks.labels(STATUS_INVALID).inc()
             log.error("invalid task kwargs, dropped: %s", exc)
             raise PermanentTaskError(f"invalid task kwargs: {exc}") from exc
+        return self._counted(lambda: self.run(task), f"{task.stream_id}#{task.index}")
+
+    def _counted(self, action: Callable[[], T], what: str) -> T:
         try:
-            result = self.run(task)
-        except PermanentTaskError as exc:
-            self.metrics.tasks.labels(STATUS_PERMANENT).inc()
-            log.error("%s#%d failed permanently: %s", task.stream_id, task.index, exc)
-            raise
-        except TransientExhaustedError as exc:
-            self.metrics.tasks.labels(STATUS_EXHAUSTED).inc()
-            log.error("%s#%d failed: %s", task.stream_id, task.index, exc)
+            out = action()
+        except StoppedError:
+            self.metrics.tasks.labels(STATUS_REQUEUED).inc()
+            log.warning("%s: stopping before it was done; it goes back to its queue", what)
             raise
         except Exception:
             self.metrics.tasks.labels(STATUS_PERMANENT).inc()
-            log.exception("%s#%d failed unexpectedly", task.stream_id, task.index)
+            log.exception("%s failed unexpectedly", what)
             raise
         self.metrics.tasks.labels(STATUS_SUCCESS).inc()
-        return result
+        return out
 
 
 def worker_metrics_port(settings: WorkerSettings, environ: Mapping[str, str] | None = None) -> int:

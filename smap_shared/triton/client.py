@@ -1,42 +1,44 @@
-"""Typed client for the `smap_<entity>` models (tritonclient HTTP). One instance per process, reused."""
+"""Typed client for the `smap_<entity>` models (tritonclient HTTP). One instance per process, reused.
+
+A request carries K rows of one model (any of its streams); `infer_many` sends one request per model at once
+(tritonclient's async_infer over `concurrency` connections) and waits for all. Tensors and their parsing come
+from smap_shared.model.contract.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from smap_shared.fleet import model_name
+from smap_shared.model.contract import OUTPUT_NAMES, ModelOutputs, rows_of
 
 Array = npt.NDArray[np.float64]
 
-INPUTS = ("input_data", "stream_id", "sequence_index")
-OUTPUTS = (
-    "reconstruction", "anomaly_score", "anomaly_detected", "sensor_error", "threshold", "detector_signal",
-    "alarm_cause", "duplicate", "gap",
-)
-
-
-@dataclass(frozen=True)
-class ModelOutputs:
-    reconstruction: Array
-    sensor_error: Array
-    anomaly_score: float
-    anomaly_detected: bool
-    threshold: float
-    duplicate: bool
-    gap: int
-    detector_signal: float  # what the decision rule compares with threshold
-    alarm_cause: int  # smap_shared.model.rules.ALARM_CAUSES bits behind the alarm in force (0: none)
+__all__ = ["ModelOutputs", "ModelRequest", "OmniAnomalyClient", "TritonInferenceError"]
 
 
 class TritonInferenceError(RuntimeError):
     """Triton answered with an error for this request (bad input, unknown model, ...)."""
 
 
+@dataclass(frozen=True)
+class ModelRequest:
+    """K rows for one model: rows (K, n), and each row's stream id and index (or None: no stream state)."""
+
+    entity: str
+    rows: Array
+    stream_ids: Sequence[str] | None = None
+    indices: Sequence[int] | None = None
+    run_ids: Sequence[str | None] | None = None  # the source's runs (None / "": unmarked)
+    starts: Sequence[bool] | None = None  # rows that start their run
+
+
 class OmniAnomalyClient:
-    def __init__(self, url: str = "localhost:8100", timeout_s: float = 10.0, concurrency: int = 1) -> None:
+    def __init__(self, url: str = "localhost:8100", timeout_s: float = 10.0, concurrency: int = 4) -> None:
         import tritonclient.http as httpclient
 
         self._http = httpclient
@@ -56,42 +58,83 @@ class OmniAnomalyClient:
         except Exception:
             return False
 
-    def _inputs(self, values: Array, stream_id: str | None, index: int | None) -> list[object]:
+    def _inputs(self, req: ModelRequest) -> list[object]:
         http = self._http
-        x = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+        x = np.ascontiguousarray(req.rows, dtype=np.float64)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
         inp = http.InferInput("input_data", list(x.shape), "FP64")
         inp.set_data_from_numpy(x)
         inputs = [inp]
-        if stream_id is not None:
-            sid = http.InferInput("stream_id", [1], "BYTES")
-            sid.set_data_from_numpy(np.array([stream_id.encode()], dtype=np.object_))
+        if req.stream_ids is not None:
+            sid = http.InferInput("stream_id", [len(req.stream_ids)], "BYTES")
+            sid.set_data_from_numpy(np.array([s.encode() for s in req.stream_ids], dtype=np.object_))
             inputs.append(sid)
-        if index is not None:
-            idx = http.InferInput("sequence_index", [1], "INT64")
-            idx.set_data_from_numpy(np.array([index], dtype=np.int64))
+        if req.indices is not None:
+            idx = http.InferInput("sequence_index", [len(req.indices)], "INT64")
+            idx.set_data_from_numpy(np.asarray(req.indices, dtype=np.int64))
             inputs.append(idx)
+        if req.run_ids is not None and any(req.run_ids):
+            run = http.InferInput("run_id", [len(req.run_ids)], "BYTES")
+            run.set_data_from_numpy(np.array([(r or "").encode() for r in req.run_ids], dtype=np.object_))
+            inputs.append(run)
+        if req.starts is not None and any(req.starts):
+            start = http.InferInput("sequence_start", [len(req.starts)], "BOOL")
+            start.set_data_from_numpy(np.asarray(req.starts, dtype=np.bool_))
+            inputs.append(start)
         return inputs
+
+    def _outputs(self) -> list[object]:
+        return [self._http.InferRequestedOutput(name) for name in OUTPUT_NAMES]
+
+    @staticmethod
+    def _parse(res: object) -> list[ModelOutputs]:
+        return rows_of({name: res.as_numpy(name) for name in OUTPUT_NAMES})  # type: ignore[attr-defined]
+
+    def infer_batch(self, req: ModelRequest) -> list[ModelOutputs]:
+        """One request of K rows; one ModelOutputs per row, in row order."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            res = self.client.infer(model_name(req.entity), self._inputs(req), outputs=self._outputs())
+        except InferenceServerException as exc:
+            raise TritonInferenceError(str(exc)) from exc
+        return self._parse(res)
+
+    def infer_many(self, requests: Sequence[ModelRequest]) -> list[list[ModelOutputs] | Exception]:
+        """One request per entry, all in flight at once (up to the client's concurrency); each entry's rows,
+        or the exception its request raised (the others still answer)."""
+        from tritonclient.utils import InferenceServerException
+
+        if len(requests) == 1:
+            try:
+                return [self.infer_batch(requests[0])]
+            except Exception as exc:
+                return [exc]
+        pending = []
+        for req in requests:
+            try:
+                pending.append(self.client.async_infer(model_name(req.entity), self._inputs(req),
+                                                       outputs=self._outputs()))
+            except Exception as exc:
+                pending.append(exc)
+        out: list[list[ModelOutputs] | Exception] = []
+        for p in pending:
+            if isinstance(p, Exception):
+                out.append(p)
+                continue
+            try:
+                out.append(self._parse(p.get_result()))
+            except InferenceServerException as exc:
+                out.append(TritonInferenceError(str(exc)))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     def infer(
         self, entity: str, values: Array | list[float], stream_id: str | None = None, index: int | None = None
     ) -> ModelOutputs:
-        from tritonclient.utils import InferenceServerException
-
-        outputs = [self._http.InferRequestedOutput(name) for name in OUTPUTS]
-        try:
-            res = self.client.infer(
-                model_name(entity), self._inputs(np.asarray(values), stream_id, index), outputs=outputs
-            )
-        except InferenceServerException as exc:
-            raise TritonInferenceError(str(exc)) from exc
-        return ModelOutputs(
-            reconstruction=res.as_numpy("reconstruction"),
-            sensor_error=res.as_numpy("sensor_error"),
-            anomaly_score=float(res.as_numpy("anomaly_score")[0]),
-            anomaly_detected=bool(res.as_numpy("anomaly_detected")[0]),
-            threshold=float(res.as_numpy("threshold")[0]),
-            duplicate=bool(res.as_numpy("duplicate")[0]),
-            gap=int(res.as_numpy("gap")[0]),
-            detector_signal=float(res.as_numpy("detector_signal")[0]),
-            alarm_cause=int(res.as_numpy("alarm_cause")[0]),
-        )
+        """One frame (a 1-row request)."""
+        req = ModelRequest(entity, np.asarray(values, dtype=np.float64).reshape(1, -1),
+                           None if stream_id is None else [stream_id], None if index is None else [index])
+        return self.infer_batch(req)[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from smap_shared.fleet import load_fleet, model_name
 from smap_shared.model.checkpoint import Checkpoint
+from smap_shared.model.contract import INPUTS, OUTPUTS, config_entries
 from smap_shared.settings import TritonSettings
 
 MODEL_SOURCE = Path(__file__).resolve().parents[2] / "triton-omnianomaly" / "model.py"
@@ -22,20 +23,10 @@ name: "{name}"
 backend: "python"
 max_batch_size: 0
 input [
-  {{ name: "input_data" data_type: TYPE_FP64 dims: [ {n} ] }},
-  {{ name: "stream_id" data_type: TYPE_STRING dims: [ 1 ] optional: true }},
-  {{ name: "sequence_index" data_type: TYPE_INT64 dims: [ 1 ] optional: true }}
+{inputs}
 ]
 output [
-  {{ name: "reconstruction" data_type: TYPE_FP64 dims: [ {n} ] }},
-  {{ name: "anomaly_score" data_type: TYPE_FP64 dims: [ 1 ] }},
-  {{ name: "anomaly_detected" data_type: TYPE_BOOL dims: [ 1 ] }},
-  {{ name: "sensor_error" data_type: TYPE_FP64 dims: [ {n} ] }},
-  {{ name: "threshold" data_type: TYPE_FP64 dims: [ 1 ] }},
-  {{ name: "detector_signal" data_type: TYPE_FP64 dims: [ 1 ] }},
-  {{ name: "alarm_cause" data_type: TYPE_INT64 dims: [ 1 ] }},
-  {{ name: "duplicate" data_type: TYPE_BOOL dims: [ 1 ] }},
-  {{ name: "gap" data_type: TYPE_INT64 dims: [ 1 ] }}
+{outputs}
 ]
 # One instance: a stream's hidden state lives in exactly one place.
 instance_group [ {{ count: 1 kind: {kind}{gpus} }} ]
@@ -59,7 +50,8 @@ def render_config(name: str, n_sensors: int, kind: str, redis_url: str, history:
         raise ValueError(f"instance kind must be KIND_CPU or KIND_GPU, not {kind!r}")
     gpus = " gpus: [ 0 ]" if kind == "KIND_GPU" else ""
     return CONFIG_TEMPLATE.format(
-        name=name, n=n_sensors, kind=kind, gpus=gpus, redis_url=redis_url, history=history,
+        name=name, inputs=config_entries(INPUTS, n_sensors), outputs=config_entries(OUTPUTS, n_sensors),
+        kind=kind, gpus=gpus, redis_url=redis_url, history=history,
         ckpt_name=f"{name} checkpoint",
     )
 

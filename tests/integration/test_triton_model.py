@@ -17,7 +17,7 @@ from smap_shared.data import VendoredSource
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.scorer import Scorer, SequenceOutput
 from smap_shared.model.streams import RedisStateStore
-from smap_shared.triton.client import OmniAnomalyClient, TritonInferenceError
+from smap_shared.triton.client import ModelRequest, OmniAnomalyClient, TritonInferenceError
 from smap_shared.triton.launcher import TritonServer
 from smap_shared.triton.repository import generate
 
@@ -108,9 +108,52 @@ def test_interleaved_streams_redelivery_and_crash_restart(
     client.close()
 
 
+def test_one_request_of_many_streams_equals_offline(
+    server: TritonServer, reference: dict[str, tuple[np.ndarray, SequenceOutput]]
+) -> None:
+    """K rows of 5 streams in one request (each stream's rows in order, streams interleaved, requests of
+    varying size): every row equals the offline model of its stream; a redelivered request is all duplicates
+    with the first answers; the raw HTTP/JSON form answers with the leading K on every output."""
+    import json
+    import urllib.request
+
+    seq, ref = reference["A-1"]
+    client = OmniAnomalyClient(server.url)
+    run = uuid.uuid4().hex[:8]
+    streams = [f"BATCH-{run}-{k}/A-1" for k in range(5)]
+    steps = 120
+    order = [(s, i) for i in range(steps) for s in streams]
+    rng = np.random.default_rng(11)
+    pos = 0
+    while pos < len(order):
+        k = int(rng.integers(1, 64))
+        chunk = order[pos : pos + k]
+        req = ModelRequest("A-1", np.array([seq[i] for _, i in chunk]), [s for s, _ in chunk],
+                           [START["A-1"] + i for _, i in chunk])
+        got = client.infer_batch(req)
+        assert len(got) == len(chunk)
+        for out, (_, i) in zip(got, chunk, strict=True):
+            assert not out.duplicate and out.gap == 0
+            _check("A-1", i, out, ref)
+        again = client.infer_batch(req)
+        assert all(a.duplicate and a.anomaly_score == b.anomaly_score for a, b in zip(again, got, strict=True))
+        pos += k
+    body = json.dumps({"inputs": [
+        {"name": "input_data", "datatype": "FP64", "shape": [2, 25], "data": seq[:2].ravel().tolist()},
+        {"name": "stream_id", "datatype": "BYTES", "shape": [2], "data": [f"curl-{run}/a", f"curl-{run}/b"]},
+        {"name": "sequence_index", "datatype": "INT64", "shape": [2], "data": [0, 0]},
+    ]}).encode()
+    url = f"http://{server.url}/v2/models/smap_A-1/infer"
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as resp:
+        answer = {o["name"]: o for o in json.loads(resp.read())["outputs"]}
+    assert answer["reconstruction"]["shape"] == [2, 25] and answer["anomaly_score"]["shape"] == [2]
+    assert answer["anomaly_score"]["data"][0] == answer["anomaly_score"]["data"][1]  # same row, two streams
+    client.close()
+
+
 def test_wrong_width_is_a_clear_error(server: TritonServer) -> None:
     client = OmniAnomalyClient(server.url)
-    with pytest.raises(TritonInferenceError, match=r"Expected \[25\], got \[24\]"):
+    with pytest.raises(TritonInferenceError, match=r"Expected \[-1,25\], got \[1,24\]"):
         client.infer("A-1", np.zeros(24), "TEST/width", 0)
     with pytest.raises(TritonInferenceError, match="NaN"):
         client.infer("A-1", np.full(25, np.nan), "TEST/nan", 0)

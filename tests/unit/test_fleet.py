@@ -33,6 +33,7 @@ def _write(tmp_path: Path, body: str) -> Path:
         ('deployed=["A-1"]\n[[satellites]]\nid="S"\nentities=["A-1","A-2"]', "without a deployed model: A-2"),
         ('deployed=["A-1"]\n[[satellites]]\nid="S"\nentities=["weird"]', "does not look like"),
         ('deployed=["A-1"]\n[[satellites]]\nid="S"\nentities=["A-1"]\ncolour="red"', "colour"),
+        ('deployed=["A-1"]\n[[satellites]]\nid="S"\nentities=["A-1","A-1"]', "duplicate entity on S: A-1"),
         ("deployed=[", "invalid fleet config"),
     ],
 )
@@ -49,3 +50,17 @@ def test_lookups() -> None:
         fleet.check_stream("SAT-002", "A-1")
     with pytest.raises(FleetError, match="unknown satellite"):
         fleet.satellite("SAT-999")
+
+
+def test_identical_spacecraft_share_entities(tmp_path: Path) -> None:
+    """A constellation: the same entity (one model) on many satellites, one stream per (satellite, entity)."""
+    sats = "".join(f'[[satellites]]\nid="SAT-{k:03d}"\nentities=["A-1","D-1"]\n' for k in range(1, 11))
+    fleet = load_fleet(_write(tmp_path, f'deployed=["A-1","D-1"]\n{sats}'))
+    assert len(fleet.streams()) == 20
+    assert fleet.fleet_entities() == ["A-1", "D-1"]
+    assert fleet.satellites_of("D-1") == [f"SAT-{k:03d}" for k in range(1, 11)]
+    assert fleet.satellite_of("A-1", "SAT-007") == "SAT-007"
+    with pytest.raises(FleetError, match="flies on 10 satellites"):
+        fleet.satellite_of("A-1")
+    with pytest.raises(FleetError, match="unknown satellite"):
+        fleet.satellite_of("A-1", "SAT-099")

@@ -5,10 +5,12 @@ import pytest
 
 from smap_shared.data import VendoredSource
 from smap_shared.model.checkpoint import Checkpoint
-from smap_shared.model.scorer import Scorer, StepOutput
+from smap_shared.model.scorer import Scorer
 from smap_shared.model.streams import (
+    RefusedRowError,
     StreamRegistry,
     StreamState,
+    StreamUpdate,
     decode_output,
     encode_output,
 )
@@ -24,10 +26,11 @@ class MemoryStore:
     def load_all(self) -> dict[str, StreamState]:
         return dict(self.saved)
 
-    def save(self, stream_id: str, state: StreamState, index: int | None, output: StepOutput) -> None:
+    def save_many(self, updates: list[StreamUpdate]) -> None:
         if self.fail:
             raise ConnectionError("store down")
-        self.saved[stream_id] = state
+        for u in updates:
+            self.saved[u.stream_id] = u.state
 
 
 @pytest.fixture
@@ -53,8 +56,10 @@ def test_redelivery_replays_outputs_and_keeps_state(a1_ckpt: Checkpoint, seq: np
     again = reg.step(seq[3], "s", 3)
     assert again.duplicate and again.output == first[3].output
     np.testing.assert_array_equal(reg.streams["s"].hidden, hidden)
-    # a redelivery with different (corrupted) values still replays the first outputs
-    assert reg.step(seq[3] * 0, "s", 3).output == first[3].output
+    # the same index with other values is not a redelivery: refused, and the state is untouched
+    with pytest.raises(RefusedRowError, match="already applied with other values"):
+        reg.step(seq[3] * 0, "s", 3)
+    np.testing.assert_array_equal(reg.streams["s"].hidden, hidden)
 
 
 def test_gap_is_applied_and_counted(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
@@ -128,3 +133,99 @@ def test_output_codec_roundtrip(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
     assert i == 7
     np.testing.assert_array_equal(back.reconstruction, out.reconstruction)
     assert back.anomaly_score == out.anomaly_score and back.anomaly_detected == out.anomaly_detected
+
+
+def test_one_request_of_many_streams_equals_offline_runs(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+    """K rows of several streams in one request, interleaved and of different lengths: each stream's rows are
+    applied in their order (waves across streams), and every output equals the offline run of its stream."""
+    reg = StreamRegistry(Scorer(a1_ckpt), MemoryStore())
+    ref = Scorer(a1_ckpt).run(seq)
+    rows, sids, idx = [], [], []
+    lengths = {"a": 40, "b": 25, "c": 7}
+    cursor = dict.fromkeys(lengths, 0)
+    rng = np.random.default_rng(3)
+    while any(cursor[s] < n for s, n in lengths.items()):
+        s = str(rng.choice([k for k, n in lengths.items() if cursor[k] < n]))
+        rows.append(seq[cursor[s]])
+        sids.append(s)
+        idx.append(cursor[s])
+        cursor[s] += 1
+    half = len(rows) // 2  # two requests: the second continues every stream where the first stopped
+    out = reg.step_many(np.array(rows[:half]), sids[:half], idx[:half])
+    out += reg.step_many(np.array(rows[half:]), sids[half:], idx[half:])
+    assert len(out) == len(rows)
+    for r, s, i in zip(out, sids, idx, strict=True):
+        assert not r.duplicate and r.gap == 0
+        assert abs(r.output.anomaly_score - ref.anomaly_score[i]) <= 1e-12, (s, i)
+        np.testing.assert_allclose(r.output.reconstruction, ref.reconstruction[i], atol=1e-12, rtol=0)
+        assert r.output.anomaly_detected == bool(ref.anomaly_detected[i])
+        assert r.output.detector_signal == pytest.approx(ref.detector_signal[i], abs=1e-12)
+    # a redelivered request answers with the same outputs and changes no state
+    hidden = {s: reg.streams[s].hidden.copy() for s in lengths}
+    again = reg.step_many(np.array(rows[half:]), sids[half:], idx[half:])
+    assert all(a.duplicate and a.output == b.output for a, b in zip(again, out[half:], strict=True))
+    for s in lengths:
+        np.testing.assert_array_equal(reg.streams[s].hidden, hidden[s])
+
+
+def test_failed_store_write_leaves_the_whole_request_unapplied(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+    store = MemoryStore()
+    reg = StreamRegistry(Scorer(a1_ckpt), store)
+    reg.step_many(seq[:3], ["a", "a", "b"], [0, 1, 0])
+    before = {s: (st.last_index, st.hidden.copy()) for s, st in reg.streams.items()}
+    store.fail = True
+    with pytest.raises(ConnectionError):
+        reg.step_many(seq[3:6], ["a", "b", "b"], [2, 1, 2])
+    for s, (last, hidden) in before.items():
+        assert reg.streams[s].last_index == last
+        np.testing.assert_array_equal(reg.streams[s].hidden, hidden)
+    store.fail = False
+    retried = reg.step_many(seq[3:6], ["a", "b", "b"], [2, 1, 2])
+    assert not any(r.duplicate for r in retried)
+    assert reg.streams["a"].last_index == 2 and reg.streams["b"].last_index == 2
+
+
+def test_rows_and_ids_must_agree(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+    reg = StreamRegistry(Scorer(a1_ckpt))
+    with pytest.raises(ValueError, match="same number of rows"):
+        reg.step_many(seq[:3], ["a", "b"], [0, 0, 1])
+
+
+def test_a_new_run_starts_the_stream_over_and_never_answers_from_the_old_one(
+    a1_ckpt: Checkpoint, seq: np.ndarray
+) -> None:
+    """Issue 14, hole 2: the source restarts (a new run, indices from 0 again) while the model still holds the
+    old run's history: every frame of the new run is scored from the initial state, as offline, never
+    answered with the old run's outputs; a redelivered start of the run in force is a redelivery."""
+    store = MemoryStore()
+    reg = StreamRegistry(Scorer(a1_ckpt), store)
+    ref = Scorer(a1_ckpt).run(seq[:30])
+    for i in range(40):  # run 1 over other data (its history holds indices 0..39)
+        reg.step(seq[-1 - i], "s", i, run_id="run-1", start=i == 0)
+    new = [reg.step(seq[i], "s", i, run_id="run-2", start=i == 0) for i in range(30)]
+    assert not any(r.duplicate for r in new)
+    np.testing.assert_allclose([r.output.anomaly_score for r in new], ref.anomaly_score, atol=1e-12, rtol=0)
+    assert reg.streams["s"].run_id == "run-2" and reg.streams["s"].past_runs == ("run-1",)
+    again = reg.step(seq[0], "s", 0, run_id="run-2", start=True)  # the start, redelivered
+    assert again.duplicate and again.output == new[0].output
+    assert reg.streams["s"].last_index == 29
+    with pytest.raises(RefusedRowError, match="belongs to run run-1"):  # a late frame of the old run
+        reg.step(seq[5], "s", 41, run_id="run-1")
+    # a run id never seen, without a start mark, also starts the stream over (a new source)
+    fresh = reg.step(seq[0], "s", 7, run_id="run-3")
+    assert not fresh.duplicate and abs(fresh.output.anomaly_score - ref.anomaly_score[0]) <= 1e-12
+    # the stored state carries the run, so a restarted model knows it too
+    assert store.saved["s"].run_id == "run-3"
+
+
+def test_an_implausible_jump_forward_is_refused(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+    """Issue 14, hole 3: index 10^9 after 0..4 is refused and never reaches the state; a plausible gap is
+    applied and counted."""
+    reg = StreamRegistry(Scorer(a1_ckpt), max_jump=1000)
+    for i in range(5):
+        reg.step(seq[i], "s", i)
+    hidden = reg.streams["s"].hidden.copy()
+    with pytest.raises(RefusedRowError, match="implausible"):
+        reg.step(seq[5], "s", 10**9)
+    np.testing.assert_array_equal(reg.streams["s"].hidden, hidden)
+    assert reg.step(seq[5], "s", 500).gap == 495

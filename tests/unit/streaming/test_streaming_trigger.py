@@ -1,94 +1,281 @@
-"""The trigger's per-record handling with a fake Celery publisher and a fake Kafka producer."""
+"""The trigger's TelemetrySink with a fake Celery publisher and a fake Kafka producer: `add` validates a
+record into its shard's pending batch (or its dead letter), `flush` publishes one InferenceBatch per shard
+(each stream's frames in order) and sends the dead letters, retrying in place; a stop leaves what is not
+durable pending."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+from aiokafka import TopicPartition
+
 from smap_shared.fleet import Fleet
-from smap_shared.routing import queue_for
-from smap_shared.schemas import DeadLetter, InferenceTask
+from smap_shared.routing import queue_for, queue_name, shard_of
+from smap_shared.schemas import DeadLetter, InferenceBatch
 from smap_shared.settings import TriggerSettings
-from smap_shared.streaming.trigger import TelemetryHandler
+from smap_shared.streaming.metrics import trigger_metrics
+from smap_shared.streaming.trigger import TelemetrySink
+
+SHARDS = 4
+TP = TopicPartition("telemetry", 3)
 
 
 class FakePublisher:
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.published: list[tuple[InferenceTask, str]] = []
-        self.attempts = 0
+    """publish that fails `failures` times first (for every queue in `failing_queues`, or all), then records
+    (batch, queue). Called on the sink's executor thread."""
 
-    def publish(self, task: InferenceTask, queue: str) -> None:
-        self.attempts += 1
-        if self.failures:
+    def __init__(self, failures: int = 0, failing_queues: set[str] | None = None) -> None:
+        self.failures = failures
+        self.failing_queues = failing_queues
+        self.published: list[tuple[InferenceBatch, str]] = []
+        self.attempts: list[str] = []
+        self.threads: set[str] = set()
+
+    def publish(self, batch: InferenceBatch, queue: str) -> None:
+        self.attempts.append(queue)
+        self.threads.add(threading.current_thread().name)
+        if self.failures > 0 and (self.failing_queues is None or queue in self.failing_queues):
             self.failures -= 1
             raise ConnectionResetError("rabbitmq down")
-        self.published.append((task, queue))
+        self.published.append((batch, queue))
+
+    def streams(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        return [(q, [(f.stream_id, f.index) for f in b.frames]) for b, q in self.published]
 
 
-def _handle(records: list[Any], fleet: Fleet, widths: dict[str, int], publisher: FakePublisher,
-            producer: Any, stop: asyncio.Event | None = None) -> tuple[list[bool], TelemetryHandler]:
-    settings = TriggerSettings(inference_shards=4, dlq_topic="dlq")
+Records = Sequence[Any]
 
-    async def go() -> tuple[list[bool], TelemetryHandler]:
-        with ThreadPoolExecutor(1) as executor:
-            handler = TelemetryHandler(settings, fleet, widths, publisher, producer, executor,
-                                       stop or asyncio.Event())
-            return [await handler.handle(r) for r in records], handler
+
+def _sink(fleet: Fleet, widths: dict[str, int], publisher: FakePublisher, producer: Any,
+          executor: ThreadPoolExecutor, stop: asyncio.Event) -> TelemetrySink:
+    settings = TriggerSettings(inference_shards=SHARDS, dlq_topic="dlq")
+    return TelemetrySink(settings, fleet, widths, publisher, producer, executor, stop)
+
+
+def _run(fleet: Fleet, widths: dict[str, int], publisher: FakePublisher, producer: Any,
+         scenario: Callable[[TelemetrySink, asyncio.Event], Any]) -> Any:
+    async def go() -> Any:
+        with ThreadPoolExecutor(1, thread_name_prefix="celery-publish") as executor:
+            stop = asyncio.Event()
+            sink = _sink(fleet, widths, publisher, producer, executor, stop)
+            return await asyncio.wait_for(scenario(sink, stop), 10)
 
     return asyncio.run(go())
 
 
-def test_valid_frames_become_tasks_on_their_shard(
+async def _add_all(sink: TelemetrySink, records: Records) -> list[bool]:
+    return [await sink.add(TP, r) for r in records]
+
+
+#: Streams of 4 shards (SHARDS = 4): A-1 and A-3 share shard 1.
+STREAMS = [("SAT-001", "A-1"), ("SAT-002", "D-2"), ("SAT-001", "A-3"), ("SAT-002", "D-1"), ("SAT-003", "G-1")]
+
+
+def test_the_streams_cover_every_shard() -> None:
+    shards = [shard_of(f"{s}/{e}", SHARDS) for s, e in STREAMS]
+    assert sorted(set(shards)) == [0, 1, 2, 3]
+    assert shards[0] == shards[2]  # two streams in one shard's batch
+
+
+def test_one_batch_per_shard_with_each_streams_frames_in_order(
     frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
     fake_producer: Callable[..., Any],
 ) -> None:
-    publisher, producer = FakePublisher(failures=2), fake_producer()
-    frames = [frame(index=i) for i in range(3)] + [frame(satellite_id="SAT-003", entity="P-1", index=9)]
-    oks, handler = _handle([record(json.dumps(f).encode(), offset=i) for i, f in enumerate(frames)],
-                           fleet, widths, publisher, producer)
-    assert oks == [True] * 4
-    assert publisher.attempts == 6  # two failures retried in place
-    assert [(t.stream_id, t.index, q) for t, q in publisher.published] == [
-        ("SAT-001/A-1", 0, queue_for("SAT-001/A-1", 4)), ("SAT-001/A-1", 1, queue_for("SAT-001/A-1", 4)),
-        ("SAT-001/A-1", 2, queue_for("SAT-001/A-1", 4)), ("SAT-003/P-1", 9, queue_for("SAT-003/P-1", 4)),
-    ]
-    task = publisher.published[0][0]
+    publisher, producer = FakePublisher(), fake_producer()
+    # 3 rounds over the streams, interleaved as they arrive on the topic
+    frames = [frame(satellite_id=s, entity=e, index=i) for i in range(3) for s, e in STREAMS]
+    records = [record(json.dumps(f).encode(), topic=TP.topic, partition=TP.partition, offset=o)
+               for o, f in enumerate(frames)]
+    before = trigger_metrics().messages.labels("published")._value.get()
+
+    async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> TelemetrySink:
+        assert await _add_all(sink, records) == [True] * len(records)
+        assert publisher.attempts == []  # nothing is published before the flush
+        assert sorted(sink.pending) == [0, 1, 2, 3]
+        assert await sink.flush()
+        return sink
+
+    sink = _run(fleet, widths, publisher, producer, scenario)
+    expected = []
+    for shard in range(SHARDS):  # published in shard order
+        mine = [(f"{f['satellite_id']}/{f['entity']}", f["index"]) for f in frames
+                if shard_of(f"{f['satellite_id']}/{f['entity']}", SHARDS) == shard]
+        expected.append((queue_name(shard), mine))
+    assert publisher.streams() == expected
+    assert publisher.streams()[1] == ("smap-inference-shard-1", [
+        ("SAT-001/A-1", 0), ("SAT-001/A-3", 0), ("SAT-001/A-1", 1), ("SAT-001/A-3", 1), ("SAT-001/A-1", 2),
+        ("SAT-001/A-3", 2)])
+    for batch, queue in publisher.published:
+        assert all(queue_for(f.stream_id, SHARDS) == queue for f in batch.frames)
+    task = publisher.published[0][0].frames[0]
     assert task.sensor_values == [float(i) / 10 for i in range(25)]
     assert task.ground_truth_labels == frames[0]["ground_truth_labels"]
+    assert publisher.threads and all(t.startswith("celery-publish") for t in publisher.threads)
     assert producer.sent == []
-    assert handler.stats.published == 4
+    assert sink.pending == {} and sink.letters == []
+    assert (sink.stats.published, sink.stats.tasks, sink.stats.dead_lettered) == (15, 4, 0)
+    assert trigger_metrics().messages.labels("published")._value.get() == before + 15
 
 
-def test_invalid_frames_go_to_the_dlq(
+def test_a_flush_publishes_only_what_was_added_since_the_last_one(
+    frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
+    fake_producer: Callable[..., Any],
+) -> None:
+    publisher = FakePublisher()
+
+    async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> None:
+        assert await sink.flush()  # nothing pending: nothing to do
+        assert publisher.attempts == []
+        await sink.add(TP, record(json.dumps(frame(index=0)).encode()))
+        assert await sink.flush()
+        await sink.add(TP, record(json.dumps(frame(index=1)).encode(), offset=1))
+        assert await sink.flush()
+
+    _run(fleet, widths, publisher, fake_producer(), scenario)
+    queue = queue_for("SAT-001/A-1", SHARDS)
+    assert publisher.streams() == [(queue, [("SAT-001/A-1", 0)]), (queue, [("SAT-001/A-1", 1)])]
+
+
+def test_publisher_failures_are_retried_in_place(
+    frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
+    fake_producer: Callable[..., Any],
+) -> None:
+    shard1 = queue_for("SAT-001/A-1", SHARDS)
+    publisher = FakePublisher(failures=2, failing_queues={shard1})
+    retries = trigger_metrics().publish_retries._value.get()
+    frames = [frame(satellite_id=s, entity=e, index=i) for i in range(2) for s, e in STREAMS]
+
+    async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> None:
+        await _add_all(sink, [record(json.dumps(f).encode(), offset=o) for o, f in enumerate(frames)])
+        assert await sink.flush()
+
+    _run(fleet, widths, publisher, fake_producer(), scenario)
+    # shard 0 once, shard 1 three times (two failures), then shards 2 and 3: nothing overtakes a failing batch
+    assert publisher.attempts == [queue_name(0), shard1, shard1, shard1, queue_name(2), queue_name(3)]
+    assert [q for _, q in publisher.published] == [queue_name(s) for s in range(SHARDS)]
+    assert [len(b.frames) for b, _ in publisher.published] == [2, 4, 2, 2]  # each batch published once
+    assert trigger_metrics().publish_retries._value.get() == retries + 2
+
+
+def test_dead_letters_are_sent_at_flush(
     frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
     fake_producer: Callable[..., Any],
 ) -> None:
     publisher, producer = FakePublisher(), fake_producer(failures=1)
-    raw = json.dumps(frame(satellite_id="SAT-404")).encode()
-    oks, handler = _handle([record(raw, topic="telemetry", partition=3, offset=17)], fleet, widths, publisher,
-                           producer)
-    assert oks == [True]
-    assert publisher.published == []
-    [(topic, value, key)] = producer.sent
-    assert (topic, key) == ("dlq", b"SAT-001/A-1")
-    letter = DeadLetter.model_validate_json(value or b"")
-    assert letter.reason.startswith("unknown_stream: unknown satellite 'SAT-404'")
-    assert (letter.source_topic, letter.partition, letter.offset) == ("telemetry", 3, 17)
-    assert letter.raw_payload == raw.decode()
-    assert letter.service == "smap-inference-trigger"
-    assert handler.stats.dead_lettered == 1
+    unknown = json.dumps(frame(satellite_id="SAT-404")).encode()
+    short = json.dumps(frame(sensors={"sensor_0": 1.0})).encode()
+    records = [
+        record(unknown, topic="telemetry", partition=3, offset=17),
+        record(json.dumps(frame(index=5)).encode(), topic="telemetry", partition=3, offset=18),
+        record(b"{not json", topic="telemetry", partition=3, offset=19, key=None),
+        record(short, topic="telemetry", partition=3, offset=20, key=b"SAT-001/A-1"),
+    ]
+    before = trigger_metrics().dead_letters.labels("unknown_stream")._value.get()
+
+    async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> TelemetrySink:
+        assert await _add_all(sink, records) == [True] * 4
+        assert producer.calls == 0  # dead letters wait for the flush too
+        assert len(sink.letters) == 3
+        assert await sink.flush()
+        return sink
+
+    sink = _run(fleet, widths, publisher, producer, scenario)
+    assert producer.calls == 4  # one failure retried in place
+    assert publisher.streams() == [(queue_for("SAT-001/A-1", SHARDS), [("SAT-001/A-1", 5)])]
+    assert [(topic, key) for topic, _, key in producer.sent] == [
+        ("dlq", b"SAT-001/A-1"), ("dlq", None), ("dlq", b"SAT-001/A-1")]
+    letters = [DeadLetter.model_validate_json(v or b"") for _, v, _ in producer.sent]
+    first = letters[0]
+    assert first.reason.startswith("unknown_stream: unknown satellite 'SAT-404'")
+    assert (first.source_topic, first.partition, first.offset, first.key) == ("telemetry", 3, 17, "SAT-001/A-1")
+    assert first.raw_payload == unknown.decode() and first.payload_encoding == "utf-8"
+    assert first.service == "smap-inference-trigger"
+    assert first.payload_size == len(unknown) and not first.payload_truncated
+    assert letters[1].reason.startswith("invalid_json: ") and (letters[1].offset, letters[1].key) == (19, None)
+    assert letters[2].reason == "sensor_count: A-1 has 25 sensors, message has 1"
+    assert letters[2].offset == 20
+    assert sink.letters == []
+    assert (sink.stats.published, sink.stats.tasks, sink.stats.dead_lettered) == (1, 1, 3)
+    assert trigger_metrics().dead_letters.labels("unknown_stream")._value.get() == before + 1
 
 
-def test_stop_while_the_broker_is_down_leaves_the_record_unhandled(
+def test_stop_while_the_broker_is_down_keeps_the_batch_pending(
     frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
     fake_producer: Callable[..., Any],
 ) -> None:
-    stop = asyncio.Event()
-    stop.set()
-    oks, _ = _handle([record(json.dumps(frame()).encode())], fleet, widths, FakePublisher(failures=99),
-                     fake_producer(), stop)
-    assert oks == [False]
+    failing = queue_for("SAT-001/A-1", SHARDS)  # shard 1
+    publisher = FakePublisher(failures=10**6, failing_queues={failing})
+    producer = fake_producer()
+    frames = [frame(satellite_id=s, entity=e, index=i) for i in range(2) for s, e in STREAMS]
+
+    async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> TelemetrySink:
+        await _add_all(sink, [record(json.dumps(f).encode(), offset=o) for o, f in enumerate(frames)])
+        await sink.add(TP, record(b"[]", offset=99))  # a dead letter behind the batches
+        flushing = asyncio.create_task(sink.flush())
+        await asyncio.sleep(0.25)  # backoff 0.1 s, 0.2 s: a few attempts
+        assert not flushing.done()
+        stop.set()
+        assert await flushing is False
+        # shard 0 was confirmed (and is not published again); shard 1 and everything behind it stay pending
+        assert sorted(sink.pending) == [1, 2, 3]
+        assert [f.index for f in sink.pending[1]] == [0, 0, 1, 1]
+        assert len(sink.letters) == 1 and producer.calls == 0
+        # the broker is back: the next flush (one attempt after the stop: the final flush) delivers the rest
+        publisher.failures = 0
+        assert await sink.flush()
+        return sink
+
+    sink = _run(fleet, widths, publisher, producer, scenario)
+    assert publisher.attempts.count(queue_name(0)) == 1
+    assert publisher.attempts.count(failing) >= 3
+    assert [q for _, q in publisher.published] == [queue_name(s) for s in range(SHARDS)]
+    assert sink.pending == {} and sink.letters == []
+    assert len(producer.sent) == 1 and sink.stats.dead_lettered == 1
+
+
+def test_stop_while_the_dlq_is_down_keeps_the_letters(
+    frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
+    fake_producer: Callable[..., Any],
+) -> None:
+    publisher, producer = FakePublisher(), fake_producer(failures=10**6)
+
+    async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> TelemetrySink:
+        await sink.add(TP, record(json.dumps(frame()).encode(), offset=0))
+        await sink.add(TP, record(b"\xff", offset=1))
+        await sink.add(TP, record(b"null", offset=2))
+        stop.set()
+        assert await sink.flush() is False
+        assert sink.pending == {}  # the batch was confirmed before the letters were tried
+        assert len(sink.letters) == 2
+        producer.failures = 0
+        assert await sink.flush()
+        return sink
+
+    sink = _run(fleet, widths, publisher, producer, scenario)
+    assert len(publisher.published) == 1
+    letters = [DeadLetter.model_validate_json(v or b"") for _, v, _ in producer.sent]
+    assert [(d.offset, d.reason.split(":")[0]) for d in letters] == [(1, "invalid_utf8"), (2, "schema")]
+    assert letters[0].payload_encoding == "base64"
+    assert sink.letters == [] and sink.stats.dead_lettered == 2
+
+
+@pytest.mark.parametrize("failures", [0, 1])
+def test_a_stop_before_the_flush_still_makes_one_attempt(
+    failures: int, frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet,
+    widths: dict[str, int], fake_producer: Callable[..., Any],
+) -> None:
+    publisher = FakePublisher(failures=failures)
+
+    async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> bool:
+        await sink.add(TP, record(json.dumps(frame()).encode()))
+        stop.set()
+        return await sink.flush()
+
+    assert _run(fleet, widths, publisher, fake_producer(), scenario) is (failures == 0)
+    assert len(publisher.attempts) == 1

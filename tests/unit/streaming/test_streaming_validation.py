@@ -13,6 +13,7 @@ from smap_shared.data import default_source
 from smap_shared.fleet import Fleet
 from smap_shared.schemas import DeadLetter, TelemetryMessage
 from smap_shared.streaming import validation as v
+from smap_shared.streaming.validation import Invalid, validate_telemetry
 
 
 def _dumps(obj: Any) -> bytes:
@@ -168,3 +169,30 @@ def test_validate_result() -> None:
         res = v.validate_result(raw)
         assert isinstance(res, v.Invalid), raw
         assert res.kind == kind, (raw, res)
+
+
+def test_implausible_values_are_rejected_with_the_sensor_and_range(source: Any) -> None:
+    """Issue 14, hole 3: a sensor value of 1e308 is dead-lettered before it reaches any state; values of a real
+    anomaly (well outside the train range, but not absurdly) pass."""
+    from smap_shared.fleet import default_fleet
+    from smap_shared.streaming.validation import IMPLAUSIBLE, entity_widths, sane_ranges
+
+    fleet = default_fleet()
+    ranges = sane_ranges(fleet, source)
+    widths = entity_widths(fleet, source)
+    test = source.load("A-1").test
+    base = {"satellite_id": "SAT-001", "entity": "A-1", "timestamp": "2026-11-28T00:00:00Z", "index": 3}
+
+    def frame(row: list[float]) -> bytes:
+        return json.dumps({**base, "sensors": {f"sensor_{i}": v for i, v in enumerate(row)}}).encode()
+
+    assert not isinstance(validate_telemetry(frame(list(test[3])), fleet, widths, ranges), Invalid)
+    shifted = list(test[3])
+    shifted[0] += 3.0  # a level shift three times the whole [-1, 1] scale: an anomaly, still plausible
+    assert not isinstance(validate_telemetry(frame(shifted), fleet, widths, ranges), Invalid)
+    absurd = list(test[3])
+    absurd[0] = 1e308
+    got = validate_telemetry(frame(absurd), fleet, widths, ranges)
+    assert isinstance(got, Invalid) and got.kind == IMPLAUSIBLE
+    assert "sensor_0 = 1e+308 outside the plausible range" in got.reason
+    assert not isinstance(validate_telemetry(frame(absurd), fleet, widths), Invalid)  # the gate is optional

@@ -1,0 +1,105 @@
+"""The one consume -> handle -> commit loop of the Kafka services (after quix-streams' `Application.run`).
+
+A service supplies a `BatchSink`: `add` takes one record (and may dead-letter it), `flush` makes everything
+added so far durable downstream (a RabbitMQ confirm, a VictoriaMetrics 2xx, ...), retrying transient faults
+until done or stopped. The loop reads with `getmany`, hands records to the sink in partition order, flushes
+when `batch_max` records are pending or the oldest has waited `linger_s`, and commits the offsets of exactly
+the records the flush covered -- never before: at-least-once, and every sink downstream tolerates a
+redelivered record. A stop leaves unflushed records uncommitted; they are redelivered to the next owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from smap_shared.streaming.kafka import ContiguousFetcher, commit, settle
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 200
+
+
+class BatchSink(Protocol):
+    async def add(self, tp: TopicPartition, record: ConsumerRecord) -> bool:
+        """Take one record; False when stopped before it could be taken (it stays uncommitted)."""
+
+    async def flush(self) -> bool:
+        """Make every record taken so far durable; False when stopped before that (nothing is committed)."""
+
+
+@dataclass
+class LoopStats:
+    records: int = 0
+    flushes: int = 0
+    commits: int = 0
+
+
+Committer = Callable[[Mapping[TopicPartition, int]], Awaitable[bool]]
+
+
+async def run_batches(
+    consumer: AIOKafkaConsumer, sink: BatchSink, stop: asyncio.Event, *, batch_max: int, linger_s: float,
+    commit_offsets: Committer | None = None, on_fetched: Callable[[TopicPartition, list[Any]], None] | None = None,
+    on_commit: Callable[[], None] | None = None, final_flush_timeout_s: float = 20.0,
+) -> LoopStats:
+    """Consume until `stop` is set (the consumer must be started). `commit_offsets` defaults to a Kafka
+    commit of the group; `on_fetched(tp, records)` sees every fetched batch (lag gauges)."""
+    fetcher = ContiguousFetcher(consumer)
+    committer: Committer = commit_offsets or (lambda offsets: commit(consumer, offsets))
+    stats = LoopStats()
+    offsets: dict[TopicPartition, int] = {}
+    pending = 0
+    first_at: float | None = None
+
+    async def flush_and_commit() -> bool:
+        nonlocal pending, first_at
+        if not await sink.flush():
+            return False
+        stats.flushes += 1
+        if offsets and await committer(dict(offsets)):
+            stats.commits += 1
+            if on_commit is not None:
+                on_commit()
+        offsets.clear()
+        pending, first_at = 0, None
+        return True
+
+    try:
+        while not stop.is_set():
+            if first_at is None:
+                timeout_ms = POLL_TIMEOUT_MS
+            else:
+                timeout_ms = max(0, int((first_at + linger_s - time.monotonic()) * 1000))
+            batches = await fetcher.getmany(timeout_ms=timeout_ms, max_records=max(1, batch_max - pending))
+            stopped = False
+            for tp, records in batches.items():
+                for record in records:
+                    # a stop leaves the rest for the next owner of the partition (redelivered from there)
+                    if stop.is_set() or not await sink.add(tp, record):
+                        stopped = True
+                        break
+                    offsets[tp] = record.offset + 1
+                    pending += 1
+                    stats.records += 1
+                    if first_at is None:
+                        first_at = time.monotonic()
+                if on_fetched is not None and records:
+                    on_fetched(tp, records)
+                if stopped:
+                    break
+            due = first_at is not None and (pending >= batch_max or time.monotonic() - first_at >= linger_s)
+            if (due or stopped) and pending and not await flush_and_commit():
+                break
+            if stopped:
+                break  # a refused record ends the loop: it and everything after it are redelivered
+    finally:
+        if pending:  # after a stop: one more attempt; what became durable gets committed
+            await settle(flush_and_commit(), "final flush", final_flush_timeout_s)
+    return stats
