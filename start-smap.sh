@@ -133,7 +133,8 @@ priority=$prio
 autostart=false
 autorestart=$restart
 startsecs=3
-startretries=5
+startretries=1000000
+; supervisord waits 1 s, 2 s, 3 s, ... between failed starts: a crash loop is retried as long as it lasts
 stopsignal=TERM
 stopwaitsecs=40
 killasgroup=true
@@ -171,9 +172,12 @@ EOF
     # SIGKILL, if it comes to that, to the whole group.
     program triton "$ROOT" 10 "$VENV/bin/python -m smap_shared.triton.launcher --foreground"
     for ((k = 0; k < INFERENCE_SHARDS; k++)); do
+      # TRITON_URL_SHARD_<k>: shard k's own Triton (a stream's state then lives on that server only)
+      local own_triton="TRITON_URL_SHARD_$k" shard_env="SHARD_INDEX=\"$k\""
+      if [[ -n "${!own_triton:-}" ]]; then shard_env+=",TRITON_URL=\"${!own_triton}\""; fi
       program "worker-shard$k" "$worker_dir" 20 \
         "$celery -A smap_analysis.celery_app worker -Q smap-inference-shard-$k -c 1 --prefetch-multiplier 1 -n shard$k@%%h --pool threads -E" \
-        "SHARD_INDEX=\"$k\""
+        "$shard_env"
       workers+=("worker-shard$k")
     done
     program consumer "$ROOT" 30 "$VENV/bin/python smap-victoria-consumer/main.py"

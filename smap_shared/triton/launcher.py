@@ -214,6 +214,77 @@ def remove_shm_regions(prefix: str, shm_dir: Path = Path("/dev/shm")) -> int:
     return removed
 
 
+STUB_NAME = "triton_python_backend_stub"
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, command line) of every live process, from /proc."""
+    out: dict[int, tuple[int, str]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out[int(d.name)] = (int(stat[stat.rindex(")") + 2 :].split()[1]), cmdline)
+    return out
+
+
+def orphaned_stubs(repo: Path) -> list[int]:
+    """Python-backend stubs of models in `repo` whose tritonserver is gone (re-parented to init or to any
+    process that is not a tritonserver): a SIGKILLed server leaves them behind, ~38 MB each."""
+    table = _proc_table()
+    needle = str(Path(repo).resolve())
+    return [
+        pid for pid, (ppid, cmd) in table.items()
+        if STUB_NAME in cmd and needle in cmd and "tritonserver" not in table.get(ppid, (0, ""))[1]
+    ]
+
+
+def reap_orphaned_stubs(repo: Path) -> int:
+    """SIGKILL the orphaned stubs of `repo` (they ignore SIGTERM); returns how many."""
+    pids = orphaned_stubs(repo)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def run_foreground(cmd: list[str], env: Mapping[str, str], shm_prefix: str) -> int:
+    """Run tritonserver as a child and never let its stubs outlive it: this process becomes a child
+    subreaper (stubs of a SIGKILLed server are re-parented to it, not to init), forwards SIGTERM/SIGINT to
+    the server, and when the server exits for any reason kills whatever of its stubs is left, removes their
+    shared memory and exits with the server's code (so a supervisor restarts a clean server)."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+    proc = subprocess.Popen(cmd, env=dict(env), stdin=subprocess.DEVNULL)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = proc.wait()
+    me = os.getpid()
+    leftovers = [pid for pid, (ppid, _) in _proc_table().items() if ppid == me]
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in leftovers:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, 0)
+    remove_shm_regions(shm_prefix)
+    if leftovers:
+        print(f"tritonserver exited ({code}); killed {len(leftovers)} of its python stubs", flush=True)
+    return code if code >= 0 else 128 - code
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return port_open(port, host)
 
@@ -337,6 +408,7 @@ class TritonServer:
         busy = [p for p in (self.http_port, self.grpc_port, self.metrics_port) if port_in_use(p)]
         if busy:
             raise TritonLaunchError(f"port(s) {busy} already in use: is another tritonserver running?")
+        reap_orphaned_stubs(self.repo)
         paths = triton_paths(find_pytriton_dir(), python_version())
         ensure_stub(paths)
         self._shm_prefix = new_shm_prefix(self.http_port)
@@ -441,13 +513,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not repo.is_dir():
         print(f"model repository {repo} missing: run triton-omnianomaly/setup_models.sh", file=sys.stderr)
         return 1
+    reaped = reap_orphaned_stubs(repo)
+    if reaped:
+        print(f"reaped {reaped} python stubs left behind by a dead tritonserver", flush=True)
     if a.foreground:
         paths = triton_paths(find_pytriton_dir(), python_version())
         ensure_stub(paths)
-        cmd = build_command(paths, repo.resolve(), a.http_port, a.grpc_port, a.metrics_port,
-                            new_shm_prefix(a.http_port), a.extra)
+        prefix = new_shm_prefix(a.http_port)
+        cmd = build_command(paths, repo.resolve(), a.http_port, a.grpc_port, a.metrics_port, prefix, a.extra)
         sys.stdout.flush()
-        os.execve(cmd[0], cmd, build_env(os.environ, paths, site_packages()))
+        return run_foreground(cmd, build_env(os.environ, paths, site_packages()), prefix)
     # Background: start detached, wait for ready, leave it running.
     server = TritonServer(repo, a.http_port, a.grpc_port, a.metrics_port, a.log_file, a.extra)
     try:

@@ -1,7 +1,10 @@
-"""VictoriaMetrics consumer against the real services: Tansu on localhost:9092, VictoriaMetrics on 8428.
+"""VictoriaMetrics consumer against the real services: a private Tansu broker (Kafka API) and a private,
+empty VictoriaMetrics with the chain's flags.
 
 Results must come back from VictoriaMetrics with their exact values and frame timestamps; offsets are
-committed only after VictoriaMetrics accepted the lines, also across an outage.
+committed only after VictoriaMetrics accepted the lines (the consumer's `VictoriaSink` under the shared
+consume -> flush -> commit loop), also across an outage, during which it retries with backoff and commits
+nothing.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ import json
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
+from alert_harness import tansu
 from kafka_io import committed_and_end, produce
 
+from smap_shared.operations.harness import Victoria
 from smap_shared.schemas import DeadLetter, InferenceResult
 from smap_shared.settings import ConsumerSettings
 from smap_shared.streaming.consumer import IMPORT_PATH, VictoriaImporter, results_dlq_topic, run_consumer
@@ -26,12 +32,25 @@ from smap_shared.streaming.metrics import consumer_metrics
 
 pytestmark = pytest.mark.integration
 
-BOOTSTRAP = "localhost:9092"
-VM = "http://127.0.0.1:8428"
 # recent: VictoriaMetrics drops samples older than its retention period (1 month by default).
 # Values below have few significant digits: VictoriaMetrics keeps about 12 (10.333333333333334 comes back
 # as 10.333333333333), so these compare exactly.
 T0 = datetime.now(UTC).replace(microsecond=678000) - timedelta(minutes=10)
+
+
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with tansu(tmp_path_factory.mktemp("tansu")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    victoria = Victoria(tmp_path_factory.mktemp("vm")).start()
+    try:
+        yield victoria.url
+    finally:
+        victoria.stop()
 
 
 def _result(sat: str, index: int) -> InferenceResult:
@@ -47,20 +66,20 @@ def _result(sat: str, index: int) -> InferenceResult:
     )
 
 
-def _settings(run: str, **kw: Any) -> ConsumerSettings:
+def _settings(run: str, bootstrap: str, vm: str, **kw: Any) -> ConsumerSettings:
     fields: dict[str, Any] = {
-        "kafka_bootstrap_servers": BOOTSTRAP, "results_topic": f"it-results-{run}",
-        "consumer_group_id": f"it-vm-{run}", "victoria_url": VM, "consumer_batch_max": 2,
+        "kafka_bootstrap_servers": bootstrap, "results_topic": f"it-results-{run}",
+        "consumer_group_id": f"it-vm-{run}", "victoria_url": vm, "consumer_batch_max": 2,
         "consumer_flush_interval_s": 0.1,
     }
     return ConsumerSettings(**{**fields, **kw})
 
 
-def _export(sat: str) -> dict[tuple[str, str], tuple[list[float], list[int]]]:
+def _export(vm: str, sat: str) -> dict[tuple[str, str], tuple[list[float], list[int]]]:
     """(metric name, sensor or cause) -> (values, timestamps ms) of every series of satellite `sat`."""
-    urllib.request.urlopen(f"{VM}/internal/force_flush", timeout=5).read()
+    urllib.request.urlopen(f"{vm}/internal/force_flush", timeout=5).read()
     query = urllib.parse.urlencode({"match[]": f'{{satellite_id="{sat}"}}'})
-    with urllib.request.urlopen(f"{VM}/api/v1/export?{query}", timeout=5) as resp:
+    with urllib.request.urlopen(f"{vm}/api/v1/export?{query}", timeout=5) as resp:
         text = resp.read().decode()
     out = {}
     for line in text.splitlines():
@@ -73,11 +92,11 @@ def _export(sat: str) -> dict[tuple[str, str], tuple[list[float], list[int]]]:
     return out
 
 
-async def _wait_for_samples(sat: str, samples: int, timeout_s: float) -> dict[Any, Any]:
+async def _wait_for_samples(vm: str, sat: str, samples: int, timeout_s: float) -> dict[Any, Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        series = await asyncio.to_thread(_export, sat)
+        series = await asyncio.to_thread(_export, vm, sat)
         if sum(len(v) for v, _ in series.values()) >= samples or loop.time() > deadline:
             return series
         await asyncio.sleep(0.2)
@@ -86,19 +105,19 @@ async def _wait_for_samples(sat: str, samples: int, timeout_s: float) -> dict[An
 SERIES_PER_RESULT = 5 + 4 + 4 * 2  # 5 stream metrics, 4 alarm causes, 4 per-sensor metrics x 2 sensors
 
 
-def test_consumer_writes_exact_values_and_dead_letters_invalid_results() -> None:
+def test_consumer_writes_exact_values_and_dead_letters_invalid_results(bootstrap: str, vm: str) -> None:
     run = uuid.uuid4().hex[:8]
     sat = f"IT-{run}"
-    settings = _settings(run)
+    settings = _settings(run, bootstrap, vm)
     results = [_result(sat, i) for i in range(3)]
     values = [(r.stream_id.encode(), r.model_dump_json().encode()) for r in results]
     values.insert(1, (f"{sat}/A-1".encode(), b'{"stream_id": "broken"'))
 
     async def scenario() -> None:
-        await produce(BOOTSTRAP, settings.results_topic, values)
+        await produce(bootstrap, settings.results_topic, values)
         stop = asyncio.Event()
         consumer = asyncio.create_task(run_consumer(settings, stop))
-        series = await _wait_for_samples(sat, 3 * SERIES_PER_RESULT, timeout_s=20)
+        series = await _wait_for_samples(vm, sat, 3 * SERIES_PER_RESULT, timeout_s=20)
         stop.set()
         stats = await asyncio.wait_for(consumer, 15)
         assert (stats.results, stats.dead_lettered, stats.lines_written) == (3, 1, 3 * SERIES_PER_RESULT)
@@ -117,11 +136,11 @@ def test_consumer_writes_exact_values_and_dead_letters_invalid_results() -> None
         assert series[("smap_alarm_cause", "value_step")] == ([0, 0, 0], ts)
         assert len(series) == SERIES_PER_RESULT
 
-        committed, end = await committed_and_end(BOOTSTRAP, settings.results_topic, settings.consumer_group_id)
+        committed, end = await committed_and_end(bootstrap, settings.results_topic, settings.consumer_group_id)
         assert sum(end.values()) == 4
         assert {p: committed[p] or 0 for p in end} == end
 
-        dlq = AIOKafkaConsumer(results_dlq_topic(settings), bootstrap_servers=BOOTSTRAP, group_id=None,
+        dlq = AIOKafkaConsumer(results_dlq_topic(settings), bootstrap_servers=bootstrap, group_id=None,
                                auto_offset_reset="earliest", fetch_max_wait_ms=20)
         await dlq.start()
         try:
@@ -135,38 +154,55 @@ def test_consumer_writes_exact_values_and_dead_letters_invalid_results() -> None
     asyncio.run(asyncio.wait_for(scenario(), 45))
 
 
-def test_consumer_keeps_the_batch_uncommitted_while_victoriametrics_is_down() -> None:
+def test_consumer_keeps_the_batch_uncommitted_while_victoriametrics_is_down(bootstrap: str, vm: str) -> None:
     run = uuid.uuid4().hex[:8]
     sat = f"IT-{run}"
-    settings = _settings(run, consumer_batch_max=10)
-    results = [_result(sat, i) for i in range(2)]
+    settings = _settings(run, bootstrap, vm, consumer_batch_max=10)
+    results = [_result(sat, i) for i in range(5)]
+    records = [(r.stream_id.encode(), r.model_dump_json().encode()) for r in results]
     failures = consumer_metrics().import_failures
+    taken = consumer_metrics().messages.labels("valid")
+
+    async def wait_failures(count: float, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while failures._value.get() < count and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        assert failures._value.get() >= count  # retried with backoff
 
     async def scenario() -> None:
-        await produce(BOOTSTRAP, settings.results_topic, [(r.stream_id.encode(), r.model_dump_json().encode())
-                                                for r in results])
+        await produce(bootstrap, settings.results_topic, records[:2])
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             importer = VictoriaImporter("http://127.0.0.1:1", session)  # nothing listens there
-            before = failures._value.get()
+            before, taken_before = failures._value.get(), taken._value.get()
             stop = asyncio.Event()
             consumer = asyncio.create_task(run_consumer(settings, stop, importer=importer))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            while failures._value.get() < before + 3 and loop.time() < deadline:
-                await asyncio.sleep(0.1)
-            assert failures._value.get() >= before + 3  # retried with backoff
-            committed, _ = await committed_and_end(BOOTSTRAP, settings.results_topic, settings.consumer_group_id)
+            await wait_failures(before + 3, timeout_s=20)
+            # backpressure: what arrives meanwhile is not consumed while the batch is stuck
+            await produce(bootstrap, settings.results_topic, records[2:])
+            await wait_failures(before + 5, timeout_s=20)
+            assert taken._value.get() - taken_before == 2
+            committed, _ = await committed_and_end(bootstrap, settings.results_topic, settings.consumer_group_id)
             assert not any(committed.values())
-            assert await asyncio.to_thread(_export, sat) == {}
+            assert await asyncio.to_thread(_export, vm, sat) == {}
+            assert not consumer.done()
 
-            importer.url = VM + IMPORT_PATH  # VictoriaMetrics is back: the same batch goes through
-            series = await _wait_for_samples(sat, 2 * SERIES_PER_RESULT, timeout_s=20)
+            importer.url = vm + IMPORT_PATH  # VictoriaMetrics is back: the same batch goes through, then the rest
+            series = await _wait_for_samples(vm, sat, 5 * SERIES_PER_RESULT, timeout_s=20)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while loop.time() < deadline:
+                committed, end = await committed_and_end(bootstrap, settings.results_topic,
+                                                         settings.consumer_group_id)
+                if {p: committed[p] or 0 for p in end} == end:
+                    break
+                await asyncio.sleep(0.2)
             stop.set()
             stats = await asyncio.wait_for(consumer, 15)
-        assert stats.lines_written == 2 * SERIES_PER_RESULT
-        assert series[("smap_anomaly_score", "")][0] == [10.0, 10.125]
-        committed, end = await committed_and_end(BOOTSTRAP, settings.results_topic, settings.consumer_group_id)
-        assert sum(end.values()) == 2
+        assert (stats.results, stats.lines_written) == (5, 5 * SERIES_PER_RESULT)
+        assert series[("smap_anomaly_score", "")][0] == [10.0 + i * 0.125 for i in range(5)]
+        committed, end = await committed_and_end(bootstrap, settings.results_topic, settings.consumer_group_id)
+        assert sum(end.values()) == 5
         assert {p: committed[p] or 0 for p in end} == end
 
-    asyncio.run(asyncio.wait_for(scenario(), 45))
+    asyncio.run(asyncio.wait_for(scenario(), 60))
