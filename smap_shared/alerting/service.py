@@ -34,7 +34,7 @@ from smap_shared.alerting.rules import RuleSet, load_rules
 from smap_shared.alerting.store import AlertStore, AppliedBatch, OffsetConflictError, ensure_database, migrate
 from smap_shared.schemas import AlertEvent, utc_now
 from smap_shared.settings import AlertManagerSettings
-from smap_shared.streaming.kafka import ContiguousFetcher, commit, settle, start_producer
+from smap_shared.streaming.kafka import ContiguousFetcher, commit, record_exists, settle, start_producer
 from smap_shared.streaming.validation import Invalid, validate_result
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def alert_metrics() -> AlertMetrics:
 
 
 async def seek_to_stored(consumer: AIOKafkaConsumer, assigned: Collection[TopicPartition],
-                         stored: Mapping[int, int]) -> None:
+                         stored: Mapping[int, int], bootstrap_servers: str) -> None:
     """Position each assigned partition at its next offset stored in PostgreSQL. A stored offset beyond the
     partition's end means the topic was created anew (the in-memory dev broker restarted with start-smap.sh):
     its records all come after what PostgreSQL saw, so it is read from its start, not from that offset
@@ -79,7 +79,8 @@ async def seek_to_stored(consumer: AIOKafkaConsumer, assigned: Collection[TopicP
     ends = await consumer.end_offsets(known)
     for tp in known:
         offset = stored[tp.partition]
-        if offset > ends[tp]:
+        # the broker's end can be too low (see record_exists): beyond it only when the record before is missing
+        if offset > ends[tp] and not await record_exists(bootstrap_servers, tp, offset - 1):
             log.warning("%s[%d]: stored offset %d is beyond the partition's end %d: the topic was recreated; "
                         "reading it from the start", tp.topic, tp.partition, offset, ends[tp])
             await consumer.seek_to_beginning(tp)
@@ -92,8 +93,9 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
     applied keep the group's committed offset, else the earliest)."""
 
     def __init__(self, consumer: AIOKafkaConsumer, store: AlertStore, group_id: str, topic: str,
-                 on_assigned: Callable[[dict[int, int | None]], None]) -> None:
+                 on_assigned: Callable[[dict[int, int | None]], None], bootstrap_servers: str) -> None:
         self.consumer = consumer
+        self.bootstrap_servers = bootstrap_servers
         self.store = store
         self.group_id = group_id
         self.topic = topic
@@ -104,7 +106,7 @@ class SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         stored = await self.store.load_offsets(self.group_id, self.topic)
-        await seek_to_stored(self.consumer, assigned, stored)
+        await seek_to_stored(self.consumer, assigned, stored, self.bootstrap_servers)
         self.on_assigned({tp.partition: stored.get(tp.partition) for tp in assigned})
         log.info("assigned %s; positions from PostgreSQL: %s", sorted(tp.partition for tp in assigned),
                  {p: o for p, o in stored.items() if any(tp.partition == p for tp in assigned)})
@@ -203,6 +205,7 @@ class AlertConsumer:
         view: ChainMap[LifecycleKey, LifecycleState] = ChainMap(changed, self.states)
         transitions: list[Transition] = []
         offsets: dict[int, tuple[int | None, int]] = {}
+        valid = 0
         for tp, records in batches.items():
             for record in records:
                 checked = validate_result(record.value)
@@ -212,12 +215,14 @@ class AlertConsumer:
                     log.warning("skipping invalid result %s[%d]@%d: %s", tp.topic, tp.partition, record.offset,
                                 checked.reason)
                 else:
-                    self.metrics.results.labels("applied").inc()
+                    valid += 1
                     transitions.extend(self.engine.evaluate(checked, view, utc_now()))
                 offsets[tp.partition] = (self.believed.get(tp.partition), record.offset + 1)
         applied = await self._apply(transitions, changed, offsets)
         if applied is None:
             return False
+        # counted once committed: a batch fenced off (another member, or a resync) is not applied
+        self.metrics.results.labels("applied").inc(valid)
         self.believed.update({p: new for p, (_, new) in offsets.items()})
         self.states.update(changed)
         self.open_alerts = applied.open_alerts
@@ -236,7 +241,7 @@ class AlertConsumer:
         self.states, self.open_alerts = await self.store.load_states()
         stored = await self.store.load_offsets(self.settings.alert_group_id, self.settings.results_topic)
         assignment = consumer.assignment()
-        await seek_to_stored(consumer, assignment, stored)
+        await seek_to_stored(consumer, assignment, stored, self.settings.kafka_bootstrap_servers)
         self.believed = {tp.partition: stored.get(tp.partition) for tp in assignment}
 
     async def run(self) -> None:
@@ -247,7 +252,7 @@ class AlertConsumer:
             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
             max_poll_records=s.alert_batch_max)
         consumer.subscribe([s.results_topic], listener=SeekToStoredOffsets(
-            consumer, self.store, s.alert_group_id, s.results_topic, self.assigned))
+            consumer, self.store, s.alert_group_id, s.results_topic, self.assigned, s.kafka_bootstrap_servers))
         try:
             await consumer.start()
             fetcher = ContiguousFetcher(consumer)

@@ -1,7 +1,10 @@
 """The `smap_<entity>` model's interface, declared once: its inputs and outputs (name, type, per-row or
 per-sensor). The Triton config (smap_shared.triton.repository), the Python backend's tensors
 (triton-omnianomaly/model.py) and the client's parsing (smap_shared.triton.client) are all derived from
-these declarations, so adding an output means adding it here (and to `ModelOutputs`).
+these declarations, and so are the VictoriaMetrics series of the results (smap_shared.streaming.consumer
+`result_lines`: every tensor with a `metric`), so adding an output means adding it here, to `ModelOutputs`
+and, if it travels in the results, to `InferenceResult` (smap_shared/schemas.py: the message schema stays
+written out, typed, in one place).
 
 Every tensor has a leading row dimension K: one request carries K rows of any streams of one model, and
 answers with K rows.
@@ -33,6 +36,8 @@ class Tensor:
     per_sensor: bool  # [K, n] when True, else [K]
     help: str
     optional: bool = False
+    metric: str = ""  # the VictoriaMetrics series of the result's value ("" for none)
+    per_cause: bool = False  # an ALARM_CAUSES bit set: one 0/1 series per cause (label `cause`)
 
     @property
     def datatype(self) -> str:
@@ -45,7 +50,8 @@ class Tensor:
 
 
 INPUTS: tuple[Tensor, ...] = (
-    Tensor("input_data", "TYPE_FP64", True, "one telemetry frame per row, raw sensor values"),
+    Tensor("input_data", "TYPE_FP64", True, "one telemetry frame per row, raw sensor values",
+           metric="smap_sensor_value"),
     Tensor("stream_id", "TYPE_STRING", False, "the row's stream (state key), e.g. SAT-001/A-1", optional=True),
     Tensor("sequence_index", "TYPE_INT64", False, "the row's index in its stream (dedupe, gaps)", optional=True),
     Tensor("run_id", "TYPE_STRING", False, "the source's run of the row ('' for none)", optional=True),
@@ -53,13 +59,20 @@ INPUTS: tuple[Tensor, ...] = (
 )
 
 OUTPUTS: tuple[Tensor, ...] = (
-    Tensor("reconstruction", "TYPE_FP64", True, "the model's reconstruction, raw units"),
-    Tensor("anomaly_score", "TYPE_FP64", False, "mean squared error of the normalised frame"),
-    Tensor("anomaly_detected", "TYPE_BOOL", False, "the deployed decision rule's alarm"),
-    Tensor("sensor_error", "TYPE_FP64", True, "per-sensor squared error, normalised units"),
-    Tensor("threshold", "TYPE_FP64", False, "the rule's threshold, in the units of detector_signal"),
-    Tensor("detector_signal", "TYPE_FP64", False, "the value the rule compares with threshold"),
-    Tensor("alarm_cause", "TYPE_INT64", False, "ALARM_CAUSES bits behind the alarm in force (0: none)"),
+    Tensor("reconstruction", "TYPE_FP64", True, "the model's reconstruction, raw units",
+           metric="smap_sensor_reconstruction"),
+    Tensor("anomaly_score", "TYPE_FP64", False, "mean squared error of the normalised frame",
+           metric="smap_anomaly_score"),
+    Tensor("anomaly_detected", "TYPE_BOOL", False, "the deployed decision rule's alarm",
+           metric="smap_anomaly_detected"),
+    Tensor("sensor_error", "TYPE_FP64", True, "per-sensor squared error, normalised units",
+           metric="smap_sensor_error"),
+    Tensor("threshold", "TYPE_FP64", False, "the rule's threshold, in the units of detector_signal",
+           metric="smap_anomaly_threshold"),
+    Tensor("detector_signal", "TYPE_FP64", False, "the value the rule compares with threshold",
+           metric="smap_detector_signal"),
+    Tensor("alarm_cause", "TYPE_INT64", False, "ALARM_CAUSES bits behind the alarm in force (0: none)",
+           metric="smap_alarm_cause", per_cause=True),
     Tensor("duplicate", "TYPE_BOOL", False, "a redelivered index: outputs replayed, state untouched"),
     Tensor("gap", "TYPE_INT64", False, "indices skipped right before this row"),
 )

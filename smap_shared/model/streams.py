@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import OrderedDict
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -67,7 +67,7 @@ class StreamState:
     steps: int = 0
     gaps: int = 0  # total indices skipped over the stream's life
     resets: int = 0  # times the source started the stream over
-    history: OrderedDict[int, StepOutput] = field(default_factory=OrderedDict)
+    history: dict[int, StepOutput] = field(default_factory=dict)  # insertion (= index) order, oldest first
     run_id: str | None = None  # the source's run in force (None: the source marks no runs)
     past_runs: tuple[str, ...] = ()
 
@@ -105,16 +105,37 @@ class NullStore:
         return None
 
 
-def encode_output(index: int, out: StepOutput) -> str:
-    return json.dumps({
-        "i": index, "r": out.reconstruction.tolist(), "e": out.sensor_error.tolist(),
-        "s": out.anomaly_score, "d": out.anomaly_detected, "t": out.threshold,
-        "g": out.detector_signal, "c": out.alarm_cause, "x": out.input_digest,
-    })
+#: A history entry in the store: magic, index, score, threshold, signal, cause, detected, n, then the
+#: reconstruction and error (float64 x n each) and the input digest (ASCII). Binary: json.dumps of the 2 x n
+#: floats cost ~40 us per step, this ~2 us. Entries written as JSON by earlier versions still decode.
+_ENTRY = struct.Struct("<2sqdddq?I")
+_MAGIC = b"H1"
 
 
-def decode_output(text: str | bytes) -> tuple[int, StepOutput]:
-    d = json.loads(text)
+def encode_output(index: int, out: StepOutput) -> bytes:
+    n = out.reconstruction.shape[0]
+    return b"".join((
+        _ENTRY.pack(_MAGIC, index, out.anomaly_score, out.threshold, out.detector_signal, out.alarm_cause,
+                    out.anomaly_detected, n),
+        np.ascontiguousarray(out.reconstruction, dtype="<f8").tobytes(),
+        np.ascontiguousarray(out.sensor_error, dtype="<f8").tobytes(),
+        out.input_digest.encode("ascii"),
+    ))
+
+
+def decode_output(raw: str | bytes) -> tuple[int, StepOutput]:
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data[:2] == _MAGIC:
+        _, index, score, threshold, signal, cause, detected, n = _ENTRY.unpack_from(data)
+        at = _ENTRY.size
+        recon = np.frombuffer(data, dtype="<f8", count=n, offset=at).astype(np.float64)
+        err = np.frombuffer(data, dtype="<f8", count=n, offset=at + 8 * n).astype(np.float64)
+        return int(index), StepOutput(
+            reconstruction=recon, sensor_error=err, anomaly_score=float(score), anomaly_detected=bool(detected),
+            threshold=float(threshold), detector_signal=float(signal), alarm_cause=int(cause),
+            input_digest=data[at + 16 * n :].decode("ascii"),
+        )
+    d = json.loads(data)
     out = StepOutput(
         reconstruction=np.asarray(d["r"], dtype=np.float64), sensor_error=np.asarray(d["e"], dtype=np.float64),
         anomaly_score=float(d["s"]), anomaly_detected=bool(d["d"]), threshold=float(d["t"]),
@@ -251,12 +272,12 @@ class StreamRegistry:
                 gap = 0 if index is None or st.last_index is None else index - st.last_index - 1
                 history = st.history
                 if sid not in own_history:
-                    history = OrderedDict(history)
+                    history = dict(history)
                     own_history.add(sid)
                 if index is not None:
                     history[index] = out
                     while len(history) > self.history:
-                        history.popitem(last=False)
+                        del history[next(iter(history))]
                     recorded.setdefault(sid, []).append((index, out))
                 work[sid] = StreamState(
                     hidden=hidden, last_index=index if index is not None else st.last_index,
@@ -289,6 +310,26 @@ class RedisStateStore:
     def _keys(self, stream_id: str) -> tuple[str, str]:
         return self.prefix + stream_id, self.prefix + stream_id + ":hist"
 
+    @staticmethod
+    def encode_state(st: StreamState) -> bytes:
+        """One value per stream: a JSON header line, then the state vector (float64). One SET instead of an
+        8-field HSET: redis-py's command packing, per argument, was most of a step's persistence cost."""
+        header = json.dumps({
+            "shape": list(st.hidden.shape), "last_index": st.last_index, "steps": st.steps, "gaps": st.gaps,
+            "resets": st.resets, "run_id": st.run_id, "past_runs": list(st.past_runs),
+        }).encode()
+        return header + b"\n" + np.ascontiguousarray(st.hidden, dtype="<f8").tobytes()
+
+    @staticmethod
+    def decode_state(raw: bytes, history: dict[int, StepOutput]) -> StreamState:
+        header, _, body = raw.partition(b"\n")
+        h = json.loads(header)
+        return StreamState(
+            hidden=np.frombuffer(body, dtype="<f8").reshape(tuple(h["shape"])).astype(np.float64),
+            last_index=h["last_index"], steps=h["steps"], gaps=h["gaps"], resets=h["resets"], history=history,
+            run_id=h["run_id"], past_runs=tuple(h["past_runs"]),
+        )
+
     def save_many(self, updates: list[StreamUpdate]) -> None:
         """One MULTI/EXEC pipeline for the whole request: every stream's state and new outputs, or nothing."""
         if not updates:
@@ -296,14 +337,7 @@ class RedisStateStore:
         pipe = self.r.pipeline(transaction=True)
         for u in updates:
             key, hist = self._keys(u.stream_id)
-            st = u.state
-            pipe.hset(key, mapping={
-                "hidden": st.hidden.astype("<f8").tobytes(),
-                "shape": json.dumps(list(st.hidden.shape)),
-                "last_index": "" if st.last_index is None else str(st.last_index),
-                "steps": st.steps, "gaps": st.gaps, "resets": st.resets,
-                "run_id": st.run_id or "", "past_runs": json.dumps(list(st.past_runs)),
-            })
+            pipe.set(key, self.encode_state(u.state))
             if u.restarted:
                 pipe.delete(hist)  # the previous run's outputs must never answer this run's indices
             if u.outputs:
@@ -311,27 +345,35 @@ class RedisStateStore:
                 pipe.ltrim(hist, -self.history, -1)
         pipe.execute()
 
+    def _legacy_state(self, key: str, history: dict[int, StepOutput]) -> StreamState:
+        """A state stored by an earlier version (one Redis hash per stream)."""
+        h: dict[bytes, bytes] = self.r.hgetall(key)  # type: ignore[assignment]
+        shape = tuple(json.loads(h[b"shape"]))
+        last = h[b"last_index"].decode()
+        return StreamState(
+            hidden=np.frombuffer(h[b"hidden"], dtype="<f8").reshape(shape).astype(np.float64),
+            last_index=int(last) if last else None,
+            steps=int(h[b"steps"]), gaps=int(h[b"gaps"]), resets=int(h.get(b"resets", 0)),
+            history=history, run_id=h.get(b"run_id", b"").decode() or None,
+            past_runs=tuple(json.loads(h.get(b"past_runs", b"[]"))),
+        )
+
     def load_all(self) -> dict[str, StreamState]:
         out: dict[str, StreamState] = {}
         for raw_key in self.r.scan_iter(match=self.prefix + "*", count=500):
             key = raw_key.decode()
             if key.endswith(":hist"):
                 continue
-            sid = key[len(self.prefix):]
-            h: dict[bytes, bytes] = self.r.hgetall(key)  # type: ignore[assignment]
-            shape = tuple(json.loads(h[b"shape"]))
-            hidden = np.frombuffer(h[b"hidden"], dtype="<f8").reshape(shape).astype(np.float64)
-            last = h[b"last_index"].decode()
-            history: OrderedDict[int, StepOutput] = OrderedDict()
+            history: dict[int, StepOutput] = {}
             for item in self.r.lrange(key + ":hist", 0, -1):
                 i, o = decode_output(item)
                 history[i] = o
-            out[sid] = StreamState(
-                hidden=hidden, last_index=int(last) if last else None,
-                steps=int(h[b"steps"]), gaps=int(h[b"gaps"]), resets=int(h.get(b"resets", 0)),
-                history=history, run_id=h.get(b"run_id", b"").decode() or None,
-                past_runs=tuple(json.loads(h.get(b"past_runs", b"[]"))),
-            )
+            if self.r.type(key) == b"hash":
+                state = self._legacy_state(key, history)
+            else:
+                raw: bytes = self.r.get(key)  # type: ignore[assignment]
+                state = self.decode_state(raw, history)
+            out[key[len(self.prefix):]] = state
         return out
 
     def clear(self) -> None:

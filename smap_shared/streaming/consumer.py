@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
 
+from smap_shared.model.contract import INPUTS, OUTPUTS, Tensor
 from smap_shared.model.rules import ALARM_CAUSES
 from smap_shared.schemas import SENSOR_KEY, InferenceResult
 from smap_shared.settings import ConsumerSettings
@@ -76,36 +77,39 @@ def _sensor_order(key: str) -> tuple[int, str]:
     return (int(m.group(1)), key) if m else (1 << 30, key)
 
 
+#: The series of a result: the model's tensors that declare a metric (smap_shared/model/contract.py), the
+#: frame's values (input_data) per sensor, and what only the result knows (latency, ground truth).
+_SCALARS = [o for o in OUTPUTS if o.metric and not o.per_sensor]
+_PER_SENSOR = [(t.metric, "sensor_values" if t.name == "input_data" else t.name)
+               for t in (*INPUTS, *OUTPUTS) if t.metric and t.per_sensor]
+
+
+def _scalar_lines(o: Tensor, value: object, stream: Mapping[str, str], base: str, ts: int) -> list[str]:
+    if o.per_cause:  # one 0/1 series per cause, so PromQL can ask which alarms a step or a quiet value raised
+        bits = int(value)  # type: ignore[call-overload]
+        return [f"{o.metric}{{{_labels({**stream, 'cause': name})}}} {int(bool(bits & bit))} {ts}"
+                for bit, name in ALARM_CAUSES.items()]
+    if isinstance(value, bool):
+        return [f"{o.metric}{{{base}}} {int(value)} {ts}"]
+    if value is None or not math.isfinite(float(value)):  # type: ignore[arg-type]
+        return []  # e.g. detector_signal of results from before it existed
+    return [f"{o.metric}{{{base}}} {_num(float(value))} {ts}"]  # type: ignore[arg-type]
+
+
 def result_lines(result: InferenceResult) -> list[str]:
     """The Prometheus text lines of one result, stamped with the frame's timestamp (ms)."""
     ts = timestamp_ms(result.timestamp)
     stream = {"satellite_id": result.satellite_id, "entity": result.entity}
     base = _labels(stream)
-    lines = [
-        f"smap_anomaly_score{{{base}}} {_num(result.anomaly_score)} {ts}",
-        f"smap_anomaly_detected{{{base}}} {int(result.anomaly_detected)} {ts}",
-        f"smap_inference_time_ms{{{base}}} {_num(result.inference_time_ms)} {ts}",
-        f"smap_anomaly_threshold{{{base}}} {_num(result.threshold)} {ts}",
-    ]
-    if result.detector_signal is not None and math.isfinite(result.detector_signal):
-        # the rule's own signal: the series to draw smap_anomaly_threshold against
-        lines.append(f"smap_detector_signal{{{base}}} {_num(result.detector_signal)} {ts}")
-    # one 0/1 series per cause, so PromQL can ask which alarms a step or a quiet value raised
-    lines.extend(
-        f"smap_alarm_cause{{{_labels({**stream, 'cause': name})}}} {int(bool(result.alarm_cause & bit))} {ts}"
-        for bit, name in ALARM_CAUSES.items()
-    )
+    lines = [line for o in _SCALARS for line in _scalar_lines(o, getattr(result, o.name), stream, base, ts)]
+    lines.append(f"smap_inference_time_ms{{{base}}} {_num(result.inference_time_ms)} {ts}")
     labels = result.ground_truth_labels
     if labels:
         lines.append(f"smap_ground_truth_anomaly{{{base}}} {max(labels.values())} {ts}")
     sensors = sorted(result.sensor_values, key=_sensor_order)
-    per_sensor = {
-        "smap_sensor_value": result.sensor_values,
-        "smap_sensor_reconstruction": result.reconstruction,
-        "smap_sensor_error": result.sensor_error,
-    }
     sensor_labels = {sensor: _labels({**stream, "sensor": sensor}) for sensor in sensors}
-    for metric, values in per_sensor.items():
+    for metric, field_name in _PER_SENSOR:
+        values: Mapping[str, float] = getattr(result, field_name)
         lines.extend(f"{metric}{{{sensor_labels[s]}}} {_num(values[s])} {ts}" for s in sensors)
     lines.extend(
         f"smap_sensor_ground_truth{{{sensor_labels[s]}}} {labels[s]} {ts}" for s in sensors if s in labels

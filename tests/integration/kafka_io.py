@@ -57,7 +57,31 @@ async def committed_and_end(bootstrap: str, topic: str, group: str
         parts = sorted(consumer._client.cluster.partitions_for_topic(topic) or ())
         tps = [TopicPartition(topic, p) for p in parts]
         committed = {tp.partition: await consumer.committed(tp) for tp in tps}
-        end = {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
+        reported = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
-    return committed, end
+    return committed, await _true_ends(bootstrap, reported)
+
+
+async def _true_ends(bootstrap: str, reported: dict[TopicPartition, int]) -> dict[int, int]:
+    """The offset after each partition's last record. The dev broker reports the base offset of the last
+    record batch + 1 as a partition's end (see smap_shared.streaming.kafka.record_exists): read the last batch."""
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             fetch_max_wait_ms=50)
+    await probe.start()
+    try:
+        tps = [tp for tp, end in reported.items() if end > 0]
+        out = {tp.partition: end for tp, end in reported.items()}
+        if tps:
+            probe.assign(tps)
+            for tp in tps:
+                probe.seek(tp, reported[tp] - 1)
+            idle = 0
+            while idle < 3:
+                batch = await probe.getmany(timeout_ms=200)
+                idle = 0 if batch else idle + 1
+                for tp, records in batch.items():
+                    out[tp.partition] = max(out[tp.partition], records[-1].offset + 1)
+        return out
+    finally:
+        await probe.stop()

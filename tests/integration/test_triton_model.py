@@ -15,6 +15,7 @@ import pytest
 
 from smap_shared.data import VendoredSource
 from smap_shared.model.checkpoint import Checkpoint
+from smap_shared.model.contract import INPUTS
 from smap_shared.model.scorer import Scorer, SequenceOutput
 from smap_shared.model.streams import RedisStateStore
 from smap_shared.triton.client import ModelRequest, OmniAnomalyClient, TritonInferenceError
@@ -186,4 +187,5 @@ def test_repository_index_and_config(server: TritonServer) -> None:
     with urllib.request.urlopen(f"http://{server.url}/v2/models/smap_A-1/config", timeout=10) as resp:
         config = json.loads(resp.read())
     assert config["instance_group"][0]["kind"] == "KIND_CPU" and config["instance_group"][0]["count"] == 1
-    assert [i["name"] for i in config["input"]] == ["input_data", "stream_id", "sequence_index"]
+    assert [i["name"] for i in config["input"]] == [t.name for t in INPUTS]
+    assert [i["name"] for i in config["input"]][:3] == ["input_data", "stream_id", "sequence_index"]

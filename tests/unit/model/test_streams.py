@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -129,10 +132,16 @@ def test_no_stream_id_means_one_default_stream(a1_ckpt: Checkpoint, seq: np.ndar
 def test_output_codec_roundtrip(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
     s = Scorer(a1_ckpt)
     out, _ = s.step(seq[0], s.initial_state())
+    out = replace(out, input_digest="0123abcd", alarm_cause=5)
     i, back = decode_output(encode_output(7, out))
     assert i == 7
     np.testing.assert_array_equal(back.reconstruction, out.reconstruction)
-    assert back.anomaly_score == out.anomaly_score and back.anomaly_detected == out.anomaly_detected
+    np.testing.assert_array_equal(back.sensor_error, out.sensor_error)
+    assert back == replace(out, reconstruction=back.reconstruction, sensor_error=back.sensor_error)
+    # an entry written as JSON by an earlier version still decodes
+    old = json.dumps({"i": 3, "r": [0.5], "e": [0.25], "s": 0.1, "d": True, "t": 0.2, "g": 0.3, "c": 1})
+    j, legacy = decode_output(old.encode())
+    assert j == 3 and legacy.anomaly_detected and legacy.input_digest == "" and legacy.alarm_cause == 1
 
 
 def test_one_request_of_many_streams_equals_offline_runs(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
@@ -229,3 +238,16 @@ def test_an_implausible_jump_forward_is_refused(a1_ckpt: Checkpoint, seq: np.nda
         reg.step(seq[5], "s", 10**9)
     np.testing.assert_array_equal(reg.streams["s"].hidden, hidden)
     assert reg.step(seq[5], "s", 500).gap == 495
+
+
+def test_state_codec_roundtrip(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+    from smap_shared.model.streams import RedisStateStore
+
+    reg = StreamRegistry(Scorer(a1_ckpt))
+    for i in range(3):
+        reg.step(seq[i], "s", i, run_id="r1", start=i == 0)
+    st = reg.streams["s"]
+    back = RedisStateStore.decode_state(RedisStateStore.encode_state(st), st.history)
+    np.testing.assert_array_equal(back.hidden, st.hidden)
+    assert (back.last_index, back.steps, back.gaps, back.resets, back.run_id, back.past_runs) == (
+        st.last_index, st.steps, st.gaps, st.resets, st.run_id, st.past_runs)

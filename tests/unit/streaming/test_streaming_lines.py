@@ -27,7 +27,9 @@ def _result(**overrides: Any) -> InferenceResult:
 def test_exact_lines() -> None:
     ts = 1795856400123  # 2026-11-28T09:00:00.123456Z in ms (truncated)
     a = 'satellite_id="SAT-001",entity="A-1"'
-    assert result_lines(_result()) == [
+    lines = result_lines(_result())
+    assert len(lines) == len(set(lines))
+    assert sorted(lines) == sorted([
         f"smap_anomaly_score{{{a}}} 12.5 {ts}",
         f"smap_anomaly_detected{{{a}}} 1 {ts}",
         f"smap_inference_time_ms{{{a}}} 3.25 {ts}",
@@ -46,7 +48,7 @@ def test_exact_lines() -> None:
         f'smap_sensor_error{{{a},sensor="sensor_1"}} 1e-05 {ts}',
         f'smap_sensor_ground_truth{{{a},sensor="sensor_0"}} 1 {ts}',
         f'smap_sensor_ground_truth{{{a},sensor="sensor_1"}} 1 {ts}',
-    ]
+    ])
 
 
 def test_timestamp_ms_is_exact() -> None:
