@@ -212,6 +212,14 @@ class Chain:
     def vm_url(self) -> str:
         return f"http://127.0.0.1:{self.vm_port}"
 
+    def vm_export(self, match: str) -> list[dict[str, object]]:
+        """Every series matching `match` with all its samples (after a flush, so nothing is left in buffers)."""
+        with urllib.request.urlopen(f"{self.vm_url()}/internal/force_flush", timeout=10):
+            pass
+        q = urllib.parse.urlencode({"match[]": match, "start": "0"})
+        with urllib.request.urlopen(f"{self.vm_url()}/api/v1/export?{q}", timeout=60) as resp:
+            return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+
     def wait_for(self, predicate: object, timeout: float, what: str) -> None:
         assert callable(predicate)
         deadline = time.monotonic() + timeout

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from smap_shared.fleet import model_name
 from smap_shared.model.streams import REFUSED
@@ -43,6 +43,7 @@ from smap_shared.triton.client import ModelOutputs, ModelRequest, OmniAnomalyCli
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 #: Markers of a TritonInferenceError that no retry can fix (the request itself is wrong).
 PERMANENT_MARKERS = ("expects", "unexpected shape", "contains NaN", "must have the same number of rows", REFUSED)
@@ -379,23 +380,23 @@ class InferenceRunner:
     def execute_batch(self, kwargs: Mapping[str, Any]) -> BatchOutcome:
         """The batch task body: validate, run, count the outcome. Raises PermanentTaskError for kwargs that
         are no batch (acked: they can never succeed) and StoppedError when asked to stop (requeued)."""
-        try:
-            batch = InferenceBatch.model_validate(dict(kwargs))
-        except ValidationError as exc:
-            self.metrics.tasks.labels(STATUS_INVALID).inc()
-            log.error("invalid batch task kwargs, dropped: %s", exc)
-            raise PermanentTaskError(f"invalid batch task kwargs: {exc}") from exc
+        batch = self._kwargs(InferenceBatch, kwargs, "batch task")
         return self._counted(lambda: self.run_batch(batch.frames), f"batch of {len(batch.frames)}")
 
     def execute(self, kwargs: Mapping[str, Any]) -> InferenceResult | DeadLetter:
         """The one-frame task body (kwargs: an InferenceTask)."""
+        task = self._kwargs(InferenceTask, kwargs, "task")
+        return self._counted(lambda: self.run(task), f"{task.stream_id}#{task.index}")
+
+    def _kwargs(self, model: type[M], kwargs: Mapping[str, Any], what: str) -> M:
+        """The task's kwargs as `model`; kwargs that are no such thing can never succeed: PermanentTaskError
+        (the task is acked, and its kwargs logged)."""
         try:
-            task = InferenceTask.model_validate(dict(kwargs))
+            return model.model_validate(dict(kwargs))
         except ValidationError as exc:
             self.metrics.tasks.labels(STATUS_INVALID).inc()
-            log.error("invalid task kwargs, dropped: %s", exc)
-            raise PermanentTaskError(f"invalid task kwargs: {exc}") from exc
-        return self._counted(lambda: self.run(task), f"{task.stream_id}#{task.index}")
+            log.error("invalid %s kwargs, dropped: %s", what, exc)
+            raise PermanentTaskError(f"invalid {what} kwargs: {exc}") from exc
 
     def _counted(self, action: Callable[[], T], what: str) -> T:
         try:

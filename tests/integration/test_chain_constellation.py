@@ -51,14 +51,6 @@ def _offline(ckpts: Path, source: VendoredSource, entity: str, start: int, steps
     return Scorer(Checkpoint.load(ckpts / f"{entity}.ckpt")).run(source.load(entity).test[start : start + steps])
 
 
-def _vm_export(chain: Chain, match: str) -> list[dict[str, object]]:
-    with urllib.request.urlopen(f"{chain.vm_url()}/internal/force_flush", timeout=10):
-        pass
-    q = urllib.parse.urlencode({"match[]": match, "start": "0"})
-    with urllib.request.urlopen(f"{chain.vm_url()}/api/v1/export?{q}", timeout=60) as resp:
-        return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
-
-
 def _results(chain: Chain, want: int, timeout_s: float) -> list[InferenceResult]:
     def key(raw: bytes) -> tuple[str, int]:
         r = json.loads(raw)
@@ -85,7 +77,7 @@ def _check_vm(chain: Chain, streams: list[tuple[str, str]], steps: int) -> None:
     seen = [0]
 
     def all_in() -> bool:
-        seen[0] = sum(len(s["values"]) for s in _vm_export(chain, "smap_anomaly_score"))  # type: ignore[arg-type]
+        seen[0] = sum(len(s["values"]) for s in chain.vm_export("smap_anomaly_score"))  # type: ignore[arg-type]
         return seen[0] >= len(streams) * steps
 
     try:
@@ -93,7 +85,7 @@ def _check_vm(chain: Chain, streams: list[tuple[str, str]], steps: int) -> None:
     except TimeoutError as exc:
         raise AssertionError(f"VictoriaMetrics holds {seen[0]} of {len(streams) * steps} scores") from exc
     for name in ("smap_anomaly_score", "smap_detector_signal"):
-        series = _vm_export(chain, name)
+        series = chain.vm_export(name)
         got = {(s["metric"]["satellite_id"], s["metric"]["entity"]): s["timestamps"]  # type: ignore[index]
                for s in series}
         assert len(series) == len(got) == len(streams), name

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.parse
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,14 +51,6 @@ BAD_MESSAGES: list[tuple[bytes, str]] = [
                  "index": 1, "sensors": {f"sensor_{i}": 0.0 for i in range(25)}}).encode(),
      "unknown entity 'z-9'"),
 ]
-
-
-def _vm_export(chain: Chain, match: str) -> list[dict[str, object]]:
-    with urllib.request.urlopen(f"{chain.vm_url()}/internal/force_flush", timeout=10):
-        pass
-    q = urllib.parse.urlencode({"match[]": match, "start": "0"})
-    with urllib.request.urlopen(f"{chain.vm_url()}/api/v1/export?{q}", timeout=30) as resp:
-        return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
 
 
 @pytest.fixture
@@ -144,7 +134,7 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
     seen: list[int] = [0]
 
     def all_in_vm() -> bool:
-        series = _vm_export(chain, '{__name__="smap_anomaly_score"}')
+        series = chain.vm_export('{__name__="smap_anomaly_score"}')
         seen[0] = sum(len(s["values"]) for s in series)  # type: ignore[arg-type]
         return seen[0] >= total
 
@@ -154,7 +144,7 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
         raise AssertionError(f"VictoriaMetrics holds {seen[0]} of {total} anomaly scores") from exc
     per_stream = {"sensor": lambda e: offline[e].n_sensors, "cause": lambda e: len(ALARM_CAUSES)}
     for name, extra in METRICS.items():
-        series = _vm_export(chain, f'{{__name__="{name}"}}')
+        series = chain.vm_export(f'{{__name__="{name}"}}')
         labels = {tuple(sorted(s["metric"].items())) for s in series}  # type: ignore[union-attr]
         expected_series = sum(per_stream[extra](e) if extra else 1 for e in ENTITIES)
         assert len(labels) == len(series) == expected_series, name
@@ -169,7 +159,7 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
             assert len(stamps) == len(set(stamps)) == STEPS, (name, metric, len(stamps))
     scores = {
         (s["metric"]["entity"], t): v  # type: ignore[index]
-        for s in _vm_export(chain, '{__name__="smap_anomaly_score"}')
+        for s in chain.vm_export('{__name__="smap_anomaly_score"}')
         for t, v in zip(s["timestamps"], s["values"], strict=True)  # type: ignore[call-overload]
     }
     for r in results:

@@ -17,8 +17,6 @@ import os
 import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,18 +175,11 @@ def test_fault_suite(tmp_path: Path, quick_ckpt_dir: Path, source: VendoredSourc
                 assert r.alarm_cause == int(ref.alarm_cause[i])
 
             # VictoriaMetrics: one sample per series and timestamp, all of them
-            def exported() -> list[dict[str, object]]:
-                with urllib.request.urlopen(f"{chain.vm_url()}/internal/force_flush", timeout=10):
-                    pass
-                q = urllib.parse.urlencode({"match[]": "smap_anomaly_score", "start": "0"})
-                with urllib.request.urlopen(f"{chain.vm_url()}/api/v1/export?{q}", timeout=60) as resp:
-                    return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
-
             def all_stored() -> bool:
-                return sum(len(s["values"]) for s in exported()) >= len(expected)  # type: ignore[arg-type]
+                return sum(len(s["values"]) for s in chain.vm_export("smap_anomaly_score")) >= len(expected)  # type: ignore[arg-type]
 
             chain.wait_for(all_stored, 240, "VictoriaMetrics to hold every score")
-            series = exported()
+            series = chain.vm_export("smap_anomaly_score")
             assert len(series) == len(streams)
             for s in series:
                 ts = s["timestamps"]
