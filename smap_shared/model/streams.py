@@ -215,6 +215,15 @@ class StreamRegistry:
         restarted: set[str] = set()
         own_history: set[str] = set()  # streams whose history dict is this request's copy
         results: list[StepResult | None] = [None] * x.shape[0]
+        digests = [input_digest(row) for row in x]  # once per row: the dedupe check and the recorded output
+
+        def start_over(sid: str, st: StreamState, run: str | None) -> StreamState:
+            fresh = work[sid] = self._fresh(st, run)
+            own_history.add(sid)
+            restarted.add(sid)
+            recorded[sid] = []  # the store replaces the history: only outputs from here on are recorded
+            return fresh
+
         for depth in range(max(len(p) for p in positions.values())):
             wave: list[tuple[int, str]] = []
             for sid, pos_list in positions.items():
@@ -224,7 +233,6 @@ class StreamRegistry:
                 index = indices[pos]
                 run = runs[pos] or None
                 st = work[sid]
-                digest = input_digest(x[pos])
                 new_run = run is not None and (run != st.run_id or begins[pos])
                 if run is not None and run != st.run_id and run in st.past_runs:
                     raise RefusedRowError(f"stream {sid}: index {index} belongs to run {run}, which the stream "
@@ -235,14 +243,11 @@ class StreamRegistry:
                     if st.last_index is not None:
                         log.info("stream %s starts run %s at index %s (last applied %s of run %s)", sid, run,
                                  index, st.last_index, st.run_id)
-                    st = work[sid] = self._fresh(st, run)
-                    own_history.add(sid)
-                    restarted.add(sid)
-                    recorded[sid] = []
+                    st = start_over(sid, st, run)
                 elif index is not None and st.last_index is not None and index <= st.last_index:
                     cached = st.history.get(index)
                     if cached is not None:
-                        if cached.input_digest and cached.input_digest != digest:
+                        if cached.input_digest and cached.input_digest != digests[pos]:
                             raise RefusedRowError(
                                 f"stream {sid}: index {index} was already applied with other values (not a "
                                 "redelivery; a source that starts over must mark a new run)")
@@ -253,10 +258,7 @@ class StreamRegistry:
                                               f"{len(st.history)}-step history (last applied {st.last_index})")
                     log.warning("stream %s restarts at index %d (last applied %d, beyond the %d-step history)",
                                 sid, index, st.last_index, len(st.history))
-                    st = work[sid] = self._fresh(st, run)
-                    own_history.add(sid)
-                    restarted.add(sid)
-                    recorded[sid] = []
+                    st = start_over(sid, st, run)
                 elif (index is not None and st.last_index is not None
                       and index - st.last_index - 1 > self.max_jump):
                     raise RefusedRowError(f"stream {sid}: index {index} jumps {index - st.last_index - 1} indices "
@@ -268,7 +270,7 @@ class StreamRegistry:
             for (pos, sid), (step_out, hidden) in zip(wave, stepped, strict=True):
                 st = work[sid]
                 index = indices[pos]
-                out = replace(step_out, input_digest=input_digest(x[pos]))
+                out = replace(step_out, input_digest=digests[pos])
                 gap = 0 if index is None or st.last_index is None else index - st.last_index - 1
                 history = st.history
                 if sid not in own_history:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from prometheus_client import Gauge
 
 from smap_shared.streaming.kafka import ContiguousFetcher, commit, settle
 
@@ -42,6 +43,17 @@ class LoopStats:
 
 
 Committer = Callable[[Mapping[TopicPartition, int]], Awaitable[bool]]
+
+
+def lag_gauge(consumer: AIOKafkaConsumer, lag: Gauge) -> Callable[[TopicPartition, list[Any]], None]:
+    """An `on_fetched` that sets `lag{partition}` to the records behind the partition's high watermark."""
+
+    def on_fetched(tp: TopicPartition, records: list[Any]) -> None:
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            lag.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
+
+    return on_fetched
 
 
 async def run_batches(

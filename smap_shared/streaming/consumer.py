@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
@@ -24,7 +24,7 @@ from smap_shared.model.contract import INPUTS, OUTPUTS, Tensor
 from smap_shared.model.rules import ALARM_CAUSES
 from smap_shared.schemas import SENSOR_KEY, InferenceResult
 from smap_shared.settings import ConsumerSettings
-from smap_shared.streaming.app import run_batches
+from smap_shared.streaming.app import lag_gauge, run_batches
 from smap_shared.streaming.kafka import (
     SHUTDOWN_STEP_TIMEOUT_S,
     AckedSender,
@@ -258,11 +258,6 @@ async def run_consumer(
 
     sink = VictoriaSink(importer, handler, stop)
 
-    def on_fetched(tp: TopicPartition, records: list[Any]) -> None:
-        highwater = consumer.highwater(tp)
-        if highwater is not None:
-            metrics.lag.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
-
     commits = 0
     try:
         await consumer.start()
@@ -270,7 +265,8 @@ async def run_consumer(
                  settings.victoria_url)
         # after a stop: one import attempt; what VictoriaMetrics accepted gets committed
         loop_stats = await run_batches(consumer, sink, stop, batch_max=settings.consumer_batch_max,
-                                       linger_s=settings.consumer_flush_interval_s, on_fetched=on_fetched,
+                                       linger_s=settings.consumer_flush_interval_s,
+                                       on_fetched=lag_gauge(consumer, metrics.lag),
                                        final_flush_timeout_s=IMPORT_TIMEOUT_S + SHUTDOWN_STEP_TIMEOUT_S)
         commits = loop_stats.commits
     finally:

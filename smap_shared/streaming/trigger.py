@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
 from celery import Celery
@@ -27,7 +27,7 @@ from smap_shared.fleet import Fleet, load_fleet
 from smap_shared.routing import BATCH_TASK_NAME, queue_name, shard_of
 from smap_shared.schemas import InferenceBatch, InferenceTask
 from smap_shared.settings import TriggerSettings
-from smap_shared.streaming.app import run_batches
+from smap_shared.streaming.app import lag_gauge, run_batches
 from smap_shared.streaming.celery_app import make_celery_app
 from smap_shared.streaming.kafka import AckedSender, key_text, make_consumer, settle, start_producer
 from smap_shared.streaming.metrics import trigger_metrics
@@ -163,18 +163,14 @@ async def run_trigger(
     producer = await start_producer(settings.kafka_bootstrap_servers, client_id=SERVICE)
     sink = TelemetrySink(settings, fleet, widths, publisher, producer, executor, stop, ranges)
 
-    def on_fetched(tp: TopicPartition, records: list[Any]) -> None:
-        highwater = consumer.highwater(tp)
-        if highwater is not None:
-            metrics.lag.labels(str(tp.partition)).set(max(0, highwater - records[-1].offset - 1))
-
     try:
         await consumer.start()
         log.info("consuming %s as group %s; %d shard queues, batches of <= %d frames or %d ms",
                  settings.telemetry_topic, settings.trigger_group_id, settings.inference_shards,
                  settings.trigger_batch_max, settings.trigger_linger_ms)
         loop_stats = await run_batches(consumer, sink, stop, batch_max=settings.trigger_batch_max,
-                                       linger_s=settings.trigger_linger_ms / 1000.0, on_fetched=on_fetched,
+                                       linger_s=settings.trigger_linger_ms / 1000.0,
+                                       on_fetched=lag_gauge(consumer, metrics.lag),
                                        on_commit=metrics.commits.inc)
         sink.stats.commits = loop_stats.commits
     finally:
