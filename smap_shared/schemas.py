@@ -13,6 +13,7 @@ import base64
 import math
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
@@ -39,6 +40,17 @@ def utc_now() -> datetime:
 
 def sensor_keys(n: int) -> list[str]:
     return [f"sensor_{i}" for i in range(n)]
+
+
+def _sensor_rank(key: str) -> tuple[int, str]:
+    m = SENSOR_KEY.match(key)
+    return (int(m.group(1)), key) if m else (1 << 30, key)
+
+
+@lru_cache(maxsize=1024)  # a fleet has a few distinct key sets (one per sensor count)
+def sensor_order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """Sensor keys in index order (sensor_2 before sensor_10), anything else after them by name."""
+    return tuple(sorted(keys, key=_sensor_rank))
 
 
 def _check_sensor_dict(d: dict[str, Any], what: str) -> None:

@@ -2,7 +2,9 @@
 
 The feed reads `smap-inference-results` and `smap-alerts` with its own consumer (no group, nothing
 committed, starting at the newest offset: a dashboard wants what happens now, not a replay). Each message
-is serialised once and offered to every client whose subscription matches. Every client has a bounded
+is serialised once and offered to every client whose subscription matches; a record of a stream no client
+watches is skipped by its key before it is decoded (1,000 streams with one dashboard open cost what that
+dashboard's stream costs). Every client has a bounded
 queue drained by its own sender; a client whose queue is full (it reads slower than results arrive) is
 dropped with close code 1013, so one slow browser can never stall the feed or the other clients.
 """
@@ -11,21 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
+import msgspec
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
-from smap_shared.schemas import AlertEvent, InferenceResult
+from smap_shared.schemas import AlertEvent, InferenceResult, sensor_order
 from smap_shared.settings import OperationServerSettings
-from smap_shared.streaming.kafka import ContiguousFetcher, settle
+from smap_shared.streaming.kafka import ContiguousFetcher, key_text, settle
 from smap_shared.streaming.validation import Invalid, validate_result
 
 log = logging.getLogger(__name__)
@@ -67,13 +69,13 @@ class LiveMessage:
 
 def result_message(result: InferenceResult) -> dict[str, Any]:
     """The WebSocket form of one inference result (`type: smap_inference`)."""
-    sensors = sorted(result.sensor_values, key=lambda k: int(k.split("_")[1]))
+    sensors = sensor_order(tuple(result.sensor_values))
     labels = result.ground_truth_labels
     out: dict[str, Any] = {
         "type": "smap_inference",
         "satellite_id": result.satellite_id,
         "entity": result.entity,
-        "timestamp": result.model_dump(mode="json")["timestamp"],
+        "timestamp": result.model_dump(mode="json", include={"timestamp"})["timestamp"],
         "index": result.index,
         "anomaly_score": result.anomaly_score,
         "anomaly_detected": result.anomaly_detected,
@@ -92,6 +94,9 @@ def result_message(result: InferenceResult) -> dict[str, Any]:
     return out
 
 
+_json = msgspec.json.Encoder()  # compact JSON, ~5x faster than json.dumps for a result's ~100 floats
+
+
 def decode(topic: str, raw: bytes | None, results_topic: str) -> LiveMessage | None:
     """A record of the results or alerts topic as a LiveMessage; None (logged) when it is not valid."""
     if topic == results_topic:
@@ -100,7 +105,7 @@ def decode(topic: str, raw: bytes | None, results_topic: str) -> LiveMessage | N
             log.warning("skipping an invalid result: %s", checked.reason)
             return None
         body = result_message(checked)
-        return LiveMessage(checked.satellite_id, checked.entity, json.dumps(body, separators=(",", ":")))
+        return LiveMessage(checked.satellite_id, checked.entity, _json.encode(body).decode())
     try:
         event = AlertEvent.model_validate_json(raw or b"")
     except ValidationError as exc:
@@ -167,6 +172,19 @@ class Hub:
             client.sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await client.sender
+
+    def wants(self, key: str | None) -> bool:
+        """Whether a record keyed `key` (a stream id, `<satellite>/<entity>`, as the worker keys results)
+        may match a client: the feed decodes only those, so with nobody watching a stream its results cost
+        nothing here. May say yes for a record no client takes (publish decides), never no for one a client
+        would take; a record without a key is always wanted."""
+        if key is None:
+            return bool(self.clients)
+        for client in self.clients:
+            sat, ent = client.subscription.satellite_id, client.subscription.entity
+            if (sat is None or key.startswith(sat + "/")) and (ent is None or key.endswith("/" + ent)):
+                return True
+        return False
 
     def publish(self, message: LiveMessage) -> int:
         """Offer the message to every matching client without waiting; returns how many took it."""
@@ -249,6 +267,8 @@ async def run_feed(settings: OperationServerSettings, hub: Hub, stop: asyncio.Ev
                 batches = await fetcher.getmany(timeout_ms=200, max_records=1000)
                 for records in batches.values():
                     for record in records:
+                        if not hub.wants(key_text(record)):
+                            continue  # nobody watches this stream: not decoded at all
                         message = decode(record.topic, record.value, settings.results_topic)
                         if message is None:
                             metrics.invalid.inc()

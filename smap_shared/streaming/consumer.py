@@ -15,14 +15,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Protocol
 
 import aiohttp
+import msgspec
 from aiokafka import ConsumerRecord, TopicPartition
 
 from smap_shared.model.contract import INPUTS, OUTPUTS, Tensor
 from smap_shared.model.rules import ALARM_CAUSES
-from smap_shared.schemas import SENSOR_KEY, InferenceResult
+from smap_shared.schemas import InferenceResult, sensor_order
 from smap_shared.settings import ConsumerSettings
 from smap_shared.streaming.app import lag_gauge, run_batches
 from smap_shared.streaming.kafka import (
@@ -68,13 +70,17 @@ def _num(value: float) -> str:
     return repr(float(value))  # shortest text that round-trips the float64 exactly
 
 
+_json = msgspec.json.Encoder()
+
+
+def _float_texts(values: list[float]) -> list[str]:
+    """The shortest text that round-trips each float64 exactly, as _num, ~5x faster for a list (msgspec
+    formats in C; a result has 75 per-sensor values). Finite values only (a result holds no others)."""
+    return _json.encode(values).decode()[1:-1].split(",") if values else []
+
+
 def timestamp_ms(ts: datetime) -> int:
     return (ts - _EPOCH) // timedelta(milliseconds=1)
-
-
-def _sensor_order(key: str) -> tuple[int, str]:
-    m = SENSOR_KEY.match(key)
-    return (int(m.group(1)), key) if m else (1 << 30, key)
 
 
 #: The series of a result: the model's tensors that declare a metric (smap_shared/model/contract.py), the
@@ -84,11 +90,11 @@ _PER_SENSOR = [(t.metric, "sensor_values" if t.name == "input_data" else t.name)
                for t in (*INPUTS, *OUTPUTS) if t.metric and t.per_sensor]
 
 
-def _scalar_lines(o: Tensor, value: object, stream: Mapping[str, str], base: str, ts: int) -> list[str]:
+def _scalar_lines(o: Tensor, value: object, series: _StreamSeries, ts: int) -> list[str]:
+    base = series.base
     if o.per_cause:  # one 0/1 series per cause, so PromQL can ask which alarms a step or a quiet value raised
         bits = int(value)  # type: ignore[call-overload]
-        return [f"{o.metric}{{{_labels({**stream, 'cause': name})}}} {int(bool(bits & bit))} {ts}"
-                for bit, name in ALARM_CAUSES.items()]
+        return [f"{prefix}{int(bool(bits & bit))} {ts}" for bit, prefix in series.per_cause[o.metric]]
     if isinstance(value, bool):
         return [f"{o.metric}{{{base}}} {int(value)} {ts}"]
     if value is None or not math.isfinite(float(value)):  # type: ignore[arg-type]
@@ -96,24 +102,50 @@ def _scalar_lines(o: Tensor, value: object, stream: Mapping[str, str], base: str
     return [f"{o.metric}{{{base}}} {_num(float(value))} {ts}"]  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class _StreamSeries:
+    """The label part of every series of one stream, rendered once (a result has ~110 lines)."""
+
+    base: str  # satellite_id="..",entity=".."
+    sensors: tuple[str, ...]  # in sensor order
+    per_sensor: tuple[tuple[str, ...], ...]  # per _PER_SENSOR metric: 'metric{labels,sensor=".."} ' per sensor
+    ground_truth: tuple[str, ...]  # 'smap_sensor_ground_truth{...} ' per sensor
+    per_cause: Mapping[str, tuple[tuple[int, str], ...]]  # per cause metric: (bit, 'metric{labels,cause=".."} ')
+
+
+@lru_cache(maxsize=1 << 16)  # one entry per stream (x its sensor key set): 1,000 streams use 1,000
+def _stream_series(satellite_id: str, entity: str, keys: tuple[str, ...]) -> _StreamSeries:
+    stream = {"satellite_id": satellite_id, "entity": entity}
+    sensors = sensor_order(keys)
+    labels = [_labels({**stream, "sensor": s}) for s in sensors]
+    return _StreamSeries(
+        base=_labels(stream),
+        sensors=sensors,
+        per_sensor=tuple(tuple(f"{metric}{{{lab}}} " for lab in labels) for metric, _ in _PER_SENSOR),
+        ground_truth=tuple(f"smap_sensor_ground_truth{{{lab}}} " for lab in labels),
+        per_cause={o.metric: tuple((bit, f"{o.metric}{{{_labels({**stream, 'cause': name})}}} ")
+                                   for bit, name in ALARM_CAUSES.items()) for o in _SCALARS if o.per_cause},
+    )
+
+
 def result_lines(result: InferenceResult) -> list[str]:
     """The Prometheus text lines of one result, stamped with the frame's timestamp (ms)."""
     ts = timestamp_ms(result.timestamp)
-    stream = {"satellite_id": result.satellite_id, "entity": result.entity}
-    base = _labels(stream)
-    lines = [line for o in _SCALARS for line in _scalar_lines(o, getattr(result, o.name), stream, base, ts)]
-    lines.append(f"smap_inference_time_ms{{{base}}} {_num(result.inference_time_ms)} {ts}")
+    tail = f" {ts}"
+    series = _stream_series(result.satellite_id, result.entity, tuple(result.sensor_values))
+    base = series.base
+    lines = [line for o in _SCALARS for line in _scalar_lines(o, getattr(result, o.name), series, ts)]
+    lines.append(f"smap_inference_time_ms{{{base}}} {_num(result.inference_time_ms)}{tail}")
     labels = result.ground_truth_labels
     if labels:
-        lines.append(f"smap_ground_truth_anomaly{{{base}}} {max(labels.values())} {ts}")
-    sensors = sorted(result.sensor_values, key=_sensor_order)
-    sensor_labels = {sensor: _labels({**stream, "sensor": sensor}) for sensor in sensors}
-    for metric, field_name in _PER_SENSOR:
+        lines.append(f"smap_ground_truth_anomaly{{{base}}} {max(labels.values())}{tail}")
+    sensors = series.sensors
+    for prefixes, (_, field_name) in zip(series.per_sensor, _PER_SENSOR, strict=True):
         values: Mapping[str, float] = getattr(result, field_name)
-        lines.extend(f"{metric}{{{sensor_labels[s]}}} {_num(values[s])} {ts}" for s in sensors)
-    lines.extend(
-        f"smap_sensor_ground_truth{{{sensor_labels[s]}}} {labels[s]} {ts}" for s in sensors if s in labels
-    )
+        texts = _float_texts([values[s] for s in sensors])
+        lines.extend([f"{prefix}{text}{tail}" for prefix, text in zip(prefixes, texts, strict=True)])
+    lines.extend([f"{prefix}{labels[s]}{tail}" for prefix, s in zip(series.ground_truth, sensors, strict=True)
+                  if s in labels])
     return lines
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
@@ -82,10 +83,26 @@ def _reject_constant(name: str) -> float:
     raise _NonFiniteError(f"{name} is not a JSON number")
 
 
+_fast_json = msgspec.json.Decoder()
+
+
 def parse_json(raw: bytes | None) -> Any | Invalid:
     """Strict JSON: UTF-8, standard numbers only (no NaN/Infinity, no overflow to inf)."""
     if raw is None:
         return Invalid(INVALID_JSON, "empty message (no value)")
+    # Hot path: msgspec is as strict as this function (it refuses invalid UTF-8, NaN/Infinity and numbers
+    # that overflow to inf, and keeps integers of any size) and ~10x faster than json.loads with a
+    # parse_float hook. Whatever it refuses goes through the stdlib path below, which names the reason (or
+    # accepts what only msgspec refuses, e.g. a lone surrogate escape): both paths give the same answer
+    # (tests/unit/streaming/test_validation_fuzz.py checks it on random input).
+    try:
+        return _fast_json.decode(raw)
+    except msgspec.MsgspecError:
+        return parse_json_stdlib(raw)
+
+
+def parse_json_stdlib(raw: bytes) -> Any | Invalid:
+    """parse_json without msgspec: slower, and the one that names why a payload is not strict JSON."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smap_shared.operations.live import (
     CLOSE_TOO_SLOW,
@@ -157,3 +159,39 @@ def test_decode_results_alerts_and_garbage() -> None:
 def test_decode_rejects_inconsistent_results(bad: dict[str, object]) -> None:
     raw = _result(**bad).model_dump_json().encode()
     assert decode(RESULTS, raw, RESULTS) is None
+
+
+IDS = st.sampled_from(["SAT-001", "SAT-002", "SAT-1/x", "A-1", "A-2", "x/A-1", ""])
+SUBS = st.builds(Subscription, st.none() | IDS, st.none() | IDS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subs=st.lists(SUBS, max_size=4), sat=IDS, entity=IDS)
+def test_wants_never_skips_a_record_a_client_would_take(subs: list[Subscription], sat: str, entity: str) -> None:
+    """The feed skips records by key before decoding them: that may never hide one from a subscriber (ids
+    with a '/' in them included), and with nobody subscribed nothing is decoded."""
+
+    async def scenario() -> tuple[bool, int]:
+        hub = Hub()
+        for sub in subs:
+            hub.add(FakeSocket(), sub)
+        wanted = hub.wants(f"{sat}/{entity}")
+        taken = hub.publish(msg(sat, entity))
+        await hub.close_all()
+        return wanted, taken
+
+    wanted, taken = asyncio.run(scenario())
+    assert wanted or taken == 0
+    if not subs:
+        assert not wanted
+
+
+def test_wants_only_the_watched_streams() -> None:
+    async def scenario() -> list[bool]:
+        hub = Hub()
+        hub.add(FakeSocket(), Subscription("SAT-001", "A-1"))
+        out = [hub.wants(k) for k in ("SAT-001/A-1", "SAT-001/A-2", "SAT-002/A-1", None)]
+        await hub.close_all()
+        return out
+
+    assert asyncio.run(scenario()) == [True, False, False, True]

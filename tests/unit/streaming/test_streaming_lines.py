@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from smap_shared.schemas import InferenceResult
-from smap_shared.streaming.consumer import escape_label, result_lines, timestamp_ms
+from smap_shared.streaming.consumer import _float_texts, escape_label, result_lines, timestamp_ms
 
 
 def _result(**overrides: Any) -> InferenceResult:
@@ -45,7 +48,7 @@ def test_exact_lines() -> None:
         f'smap_sensor_reconstruction{{{a},sensor="sensor_0"}} 0.2 {ts}',
         f'smap_sensor_reconstruction{{{a},sensor="sensor_1"}} 0.875 {ts}',
         f'smap_sensor_error{{{a},sensor="sensor_0"}} 0.0025 {ts}',
-        f'smap_sensor_error{{{a},sensor="sensor_1"}} 1e-05 {ts}',
+        f'smap_sensor_error{{{a},sensor="sensor_1"}} 0.00001 {ts}',
         f'smap_sensor_ground_truth{{{a},sensor="sensor_0"}} 1 {ts}',
         f'smap_sensor_ground_truth{{{a},sensor="sensor_1"}} 1 {ts}',
     ])
@@ -91,3 +94,12 @@ def test_label_escaping() -> None:
     assert escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
     line = result_lines(_result(stream_id='S"1\\x/A-1', satellite_id='S"1\\x'))[0]
     assert line.startswith('smap_anomaly_score{satellite_id="S\\"1\\\\x",entity="A-1"} ')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=40))
+def test_float_texts_round_trip_every_float64(values: list[float]) -> None:
+    texts = _float_texts(values)
+    assert len(texts) == len(values)
+    assert [float(t).hex() for t in texts] == [v.hex() for v in values]  # exact, -0.0 included
+    assert all(len(t) <= len(repr(v)) + 4 for t, v in zip(texts, values, strict=True))  # still short

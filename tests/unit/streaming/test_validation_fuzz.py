@@ -258,3 +258,38 @@ def test_any_dead_letter_fits(kind: str, detail: str, key: str | None, head: byt
     raw = head + fill * (size // len(fill))
     letter = _letter(raw, v.Invalid(kind, detail), key=key)
     _check_letter(letter, raw)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal JSON values, floats by their bits (0.0 vs -0.0 and int vs float count as different)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)  # type: ignore[index]
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
+    if isinstance(a, float):
+        return a.hex() == b.hex()  # type: ignore[attr-defined]
+    return a == b
+
+
+@FAST
+@given(st.binary(max_size=4096) | JSON_VALUES.map(lambda o: json.dumps(o).encode()) | mutated_frames())
+def test_fast_json_path_answers_as_the_strict_stdlib_parser(raw: bytes) -> None:
+    """parse_json's orjson path accepts nothing the stdlib path refuses, and parses to the same values."""
+    fast, slow = v.parse_json(raw), v.parse_json_stdlib(raw)
+    if isinstance(slow, v.Invalid):
+        assert fast == slow
+    else:
+        assert _same(fast, slow)
+
+
+@pytest.mark.parametrize("text", ["NaN", "-Infinity", "1e999", "-1e400"])
+def test_fast_json_path_names_a_non_finite_number(text: str) -> None:
+    res = v.parse_json(f'{{"x": {text}}}'.encode())
+    assert isinstance(res, v.Invalid) and res.kind == v.NON_FINITE
+
+
+def test_fast_json_path_keeps_what_only_the_stdlib_parses() -> None:
+    big = "1" * 400  # past 64 bits (orjson would make it a float)
+    assert v.parse_json(f'{{"x": {big}}}'.encode()) == {"x": int(big)}
