@@ -101,6 +101,10 @@ class OperationServerSettings(_Settings):
     smap_data_dir: Path | None = None  # the sensor count of each entity comes from its data
     operation_web_dir: Path | None = None  # None: smap-operation-server/web (checkout or image)
     metrics_port: int = 9305
+    #: Messages a WebSocket client may lag behind before it is dropped (close 1013): 2 s of a 1,000-stream
+    #: fleet at 1 Hz for a client watching all of it (~6 MB at most); 256 dropped such a client whenever the
+    #: host was busy.
+    ws_queue_max: int = Field(default=2048, ge=1, le=1_000_000)
 
 
 class AlertManagerSettings(_Settings):

@@ -299,8 +299,11 @@ class StreamRegistry:
         return [r for r in results if r is not None]
 
 
+TRIM_EVERY = 32  # RedisStateStore: steps between two trims of a stream's output list
+
+
 class RedisStateStore:
-    """One Redis hash per stream (hidden state, counters) and a capped list of recent outputs."""
+    """One Redis value per stream (hidden state, counters) and a capped list of its recent outputs."""
 
     def __init__(self, url: str, model: str, history: int = 256) -> None:
         import redis
@@ -337,14 +340,17 @@ class RedisStateStore:
         if not updates:
             return
         pipe = self.r.pipeline(transaction=True)
+        pipe.mset({self._keys(u.stream_id)[0]: self.encode_state(u.state) for u in updates})
         for u in updates:
-            key, hist = self._keys(u.stream_id)
-            pipe.set(key, self.encode_state(u.state))
+            hist = self._keys(u.stream_id)[1]
             if u.restarted:
                 pipe.delete(hist)  # the previous run's outputs must never answer this run's indices
             if u.outputs:
                 pipe.rpush(hist, *(encode_output(i, o) for i, o in u.outputs[-self.history:]))
-                pipe.ltrim(hist, -self.history, -1)
+                # Trimmed every TRIM_EVERY steps, not every step (one command less per row): the list holds
+                # at most history + TRIM_EVERY + one request's rows, and load_all reads its last `history`.
+                if u.restarted or (u.state.steps - len(u.outputs)) // TRIM_EVERY != u.state.steps // TRIM_EVERY:
+                    pipe.ltrim(hist, -self.history, -1)
         pipe.execute()
 
     def _legacy_state(self, key: str, history: dict[int, StepOutput]) -> StreamState:
@@ -367,7 +373,7 @@ class RedisStateStore:
             if key.endswith(":hist"):
                 continue
             history: dict[int, StepOutput] = {}
-            for item in self.r.lrange(key + ":hist", 0, -1):
+            for item in self.r.lrange(key + ":hist", -self.history, -1):
                 i, o = decode_output(item)
                 history[i] = o
             if self.r.type(key) == b"hash":

@@ -191,7 +191,7 @@ def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = Non
     app = web.Application(middlewares=[json_errors])
     app[CATALOG] = catalog or make_catalog(settings)
     app[ALERTS_URL] = settings.alert_manager_url
-    app[HUB] = Hub()
+    app[HUB] = Hub(queue_max=settings.ws_queue_max)
     app[FEED_READY] = asyncio.Event()
     add_routes(app)
     app.router.add_get("/ws/smap", live_socket)

@@ -32,7 +32,7 @@ from smap_shared.streaming.validation import Invalid, validate_result
 
 log = logging.getLogger(__name__)
 
-QUEUE_MAX = 256  # messages a client may lag behind before it is dropped
+QUEUE_MAX = 256  # messages a client may lag behind before it is dropped (the server: ws_queue_max)
 SEND_TIMEOUT_S = 5.0  # one send that takes longer means the client stopped reading
 CLOSE_TOO_SLOW = 1013  # "try again later"
 FEED_RETRY_S = 1.0

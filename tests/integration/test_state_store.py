@@ -12,7 +12,7 @@ import pytest
 from smap_shared.data import VendoredSource
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.scorer import Scorer
-from smap_shared.model.streams import RedisStateStore, StreamRegistry, encode_output
+from smap_shared.model.streams import TRIM_EVERY, RedisStateStore, StreamRegistry, encode_output
 
 pytestmark = pytest.mark.integration
 
@@ -58,5 +58,29 @@ def test_a_state_of_the_previous_layout_is_read(a1_ckpt: Checkpoint, source: Ven
         assert reg.streams["old"].last_index == 0 and reg.streams["old"].run_id is None
         nxt = reg.step(seq[1], "old", 1)
         assert abs(nxt.output.anomaly_score - scorer.run(seq).anomaly_score[1]) < 1e-12
+    finally:
+        store.clear()
+
+
+def test_the_output_list_stays_bounded_and_a_reload_keeps_the_last_history(a1_ckpt: Checkpoint,
+                                                                          source: VendoredSource) -> None:
+    """Lists are trimmed every TRIM_EVERY steps (not every step): never longer than history + TRIM_EVERY + one
+    request's rows, and a restarted model holds exactly the last `history` outputs, as the live one does."""
+    model = f"smap_test_{uuid.uuid4().hex[:8]}"
+    history = 20
+    store = RedisStateStore(REDIS_URL, model, history)
+    try:
+        seq = source.load("A-1").test[:150]
+        reg = StreamRegistry(Scorer(a1_ckpt), store, history)
+        lengths = []
+        for start in range(0, 150, 7):  # requests of 7 rows
+            rows = seq[start:start + 7]
+            reg.step_many(rows, ["s"] * len(rows), list(range(start, start + len(rows))), ["r"] * len(rows),
+                          [start == 0] + [False] * (len(rows) - 1))
+            lengths.append(store.r.llen(store._keys("s")[1]))
+        assert max(lengths) <= history + TRIM_EVERY + 7
+        assert max(lengths) > history  # it does trim lazily (else this test proves nothing about the bound)
+        again = StreamRegistry(Scorer(a1_ckpt), RedisStateStore(REDIS_URL, model, history), history)
+        assert sorted(again.streams["s"].history) == sorted(reg.streams["s"].history) == list(range(130, 150))
     finally:
         store.clear()

@@ -42,7 +42,7 @@ async def stalled_client(port: int) -> tuple[asyncio.StreamReader, asyncio.Strea
 
 
 async def scenario() -> tuple[list[int], int, float]:
-    app = make_app(OperationServerSettings(), catalog=CATALOG, live_feed=False)
+    app = make_app(OperationServerSettings(ws_queue_max=256), catalog=CATALOG, live_feed=False)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
