@@ -18,7 +18,8 @@
 #   logs S   follow .run/logs/S.log (S: triton, worker-shard0, trigger, consumer, alert-manager,
 #            operation-server, simulator, flower, ...)
 #
-# Environment: INFERENCE_SHARDS (worker shards, default 2), SIMULATOR_INTERVAL_S (default 5),
+# Environment: SMAP_BIND_ADDRESS (address of every listening socket, default 127.0.0.1; a non-loopback one
+# is warned about), INFERENCE_SHARDS (worker shards, default 2), SIMULATOR_INTERVAL_S (default 5),
 # TRITON_HTTP_PORT (8100), TRITON_WAIT_S (seconds to wait for Triton, default 180),
 # SMAP_SKIP_MODELS=1 (do not run setup_models.sh), SUPERVISOR_BIN (default .venv/bin), and every
 # service setting (see smap_shared/settings.py).
@@ -187,7 +188,7 @@ EOF
     program operation-server "$ROOT" 37 "$VENV/bin/python smap-operation-server/main.py"
     program trigger "$ROOT" 40 "$VENV/bin/python smap-inference-trigger/main.py"
     program flower "$worker_dir" 50 \
-      "$celery -A smap_analysis.celery_app flower --port=5555 --broker_api=http://guest:guest@localhost:15672/api/"
+      "$celery -A smap_analysis.celery_app flower --address=$SMAP_BIND_ADDRESS --port=5555 --broker_api=http://guest:guest@localhost:15672/api/"
     # The simulator exits 0 at the end of the test split: restart it only after a crash, else it would
     # replay the split from the start.
     program simulator "$ROOT" 60 "$VENV/bin/python smap-simulator/main.py" \
@@ -234,6 +235,7 @@ wait_triton() {
 }
 
 native_start() {
+  warn_exposed
   if supervisord_running; then
     log "already running (supervisord pid $(cat "$PIDFILE")): nothing changed"
     ctl status || true

@@ -63,7 +63,7 @@ tansu_bin() {
 
 up_tansu() {
   local pid
-  pid="$(spawn tansu "$(tansu_bin)" broker --listener-url "tcp://0.0.0.0:$KAFKA_PORT" \
+  pid="$(spawn tansu "$(tansu_bin)" broker --listener-url "tcp://$SMAP_BIND_ADDRESS:$KAFKA_PORT" \
     --advertised-listener-url "tcp://localhost:$KAFKA_PORT" --storage-engine memory://tansu/)"
   record tansu "$pid" "$KAFKA_PORT"
   wait_port tansu "$KAFKA_PORT" 30
@@ -74,7 +74,10 @@ up_rabbitmq() {
   # The install may have started it (invoke-rc.d): check again before starting our own.
   if ! port_open "$RABBITMQ_PORT"; then
     # The Debian wrappers switch to the rabbitmq user themselves when called as root.
-    as_root env RABBITMQ_NODE_PORT="$RABBITMQ_PORT" rabbitmq-server -detached
+    # AMQP on SMAP_BIND_ADDRESS (loopback by default); epmd too. The management UI's listener is not moved
+    # yet (docs/security.md: known gaps).
+    as_root env RABBITMQ_NODE_PORT="$RABBITMQ_PORT" RABBITMQ_NODE_IP_ADDRESS="$SMAP_BIND_ADDRESS" \
+      ERL_EPMD_ADDRESS="$SMAP_BIND_ADDRESS" rabbitmq-server -detached
     record rabbitmq - "$RABBITMQ_PORT"
   fi
   wait_port rabbitmq "$RABBITMQ_PORT" 120
@@ -149,7 +152,7 @@ up_victoria_metrics() {
   mkdir -p "$RUN_DIR/victoria-metrics"
   # dedup 1ms / latency offset 1s: samples are visible to queries about a second after import.
   pid="$(spawn victoria-metrics victoria-metrics -storageDataPath="$RUN_DIR/victoria-metrics" \
-    -httpListenAddr="127.0.0.1:$VM_PORT" -dedup.minScrapeInterval=1ms -search.latencyOffset=1s)"
+    -httpListenAddr="$SMAP_BIND_ADDRESS:$VM_PORT" -dedup.minScrapeInterval=1ms -search.latencyOffset=1s)"
   record victoria-metrics "$pid" "$VM_PORT"
   wait_http victoria-metrics "http://127.0.0.1:$VM_PORT/health" 60
 }

@@ -8,6 +8,22 @@ RUN_DIR="${SMAP_RUN_DIR:-$ROOT/.run}"
 # shellcheck disable=SC2034  # used by the scripts that source this file
 LOG_DIR="$RUN_DIR/logs"
 PYTHON_BIN="${PYTHON_BIN:-python3.11}"
+# The address every listening socket started by these scripts binds (services, Triton, Tansu,
+# VictoriaMetrics, Flower, and RabbitMQ where infra.sh starts it): loopback unless set. 0.0.0.0 opens every
+# port to the network (start-smap.sh warns). The services read the same variable (smap_shared.settings).
+export SMAP_BIND_ADDRESS="${SMAP_BIND_ADDRESS:-127.0.0.1}"
+
+# is_loopback ADDRESS: 127.x.y.z, ::1 or localhost.
+is_loopback() { [[ "$1" == 127.* || "$1" == "::1" || "$1" == "localhost" ]]; }
+
+# A non-loopback SMAP_BIND_ADDRESS opens every port of the chain to the network, and this version has no
+# authentication of its own (docs/security.md): say so loudly, then do what was asked.
+warn_exposed() {
+  is_loopback "$SMAP_BIND_ADDRESS" && return 0
+  log "WARNING: SMAP_BIND_ADDRESS=$SMAP_BIND_ADDRESS: the dashboard, both APIs, Triton, the Kafka broker, Flower"
+  log "WARNING: and every /metrics port listen beyond this machine WITHOUT authentication: anyone who can reach"
+  log "WARNING: them can feed telemetry, read every result and acknowledge alerts. See docs/security.md."
+}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -19,7 +19,8 @@ def main() -> None:
         print(f"smap-alert-manager: {exc}", file=sys.stderr)
         sys.exit(2)
     run_service("smap-alert-manager", lambda stop: run_alert_manager(settings, stop, rules),
-                log_level=settings.log_level, metrics_port=settings.metrics_port)
+                log_level=settings.log_level, metrics_port=settings.metrics_port,
+                bind_address=settings.smap_bind_address)
 
 
 if __name__ == "__main__":

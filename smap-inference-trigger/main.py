@@ -11,7 +11,8 @@ from smap_shared.streaming.trigger import run_trigger
 def main() -> None:
     settings = TriggerSettings()
     run_service("smap-inference-trigger", lambda stop: run_trigger(settings, stop),
-                log_level=settings.log_level, metrics_port=settings.metrics_port)
+                log_level=settings.log_level, metrics_port=settings.metrics_port,
+                bind_address=settings.smap_bind_address)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from smap_shared.streaming.service import run_service
 def main() -> None:
     settings = OperationServerSettings()
     run_service(SERVICE, lambda stop: run_operation_server(settings, stop),
-                log_level=settings.log_level, metrics_port=settings.metrics_port)
+                log_level=settings.log_level, metrics_port=settings.metrics_port,
+                bind_address=settings.smap_bind_address)
 
 
 if __name__ == "__main__":

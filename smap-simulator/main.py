@@ -10,7 +10,8 @@ from smap_shared.streaming.simulator import run_simulator
 def main() -> None:
     settings = SimulatorSettings()
     run_service("smap-simulator", lambda stop: run_simulator(settings, stop),
-                log_level=settings.log_level, metrics_port=settings.metrics_port)
+                log_level=settings.log_level, metrics_port=settings.metrics_port,
+                bind_address=settings.smap_bind_address)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from smap_shared.streaming.service import run_service
 def main() -> None:
     settings = ConsumerSettings()
     run_service("smap-victoria-consumer", lambda stop: run_consumer(settings, stop),
-                log_level=settings.log_level, metrics_port=settings.metrics_port)
+                log_level=settings.log_level, metrics_port=settings.metrics_port,
+                bind_address=settings.smap_bind_address)
 
 
 if __name__ == "__main__":

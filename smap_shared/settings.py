@@ -18,6 +18,10 @@ class _Settings(BaseSettings):
     dlq_topic: str = "smap-telemetry-dlq"
     fleet_file: Path | None = None  # None: the packaged fleet.toml
     log_level: str = "INFO"
+    #: The address every listening socket of a service binds (its API, its /metrics): loopback unless set, so
+    #: nothing is reachable from the network by default. The same variable docker compose uses for the host
+    #: side of the ports it publishes; inside a container compose sets 0.0.0.0 (the published port decides).
+    smap_bind_address: str = "127.0.0.1"
 
 
 class _CelerySettings(_Settings):
@@ -90,7 +94,7 @@ class TritonSettings(_Settings):
 class OperationServerSettings(_Settings):
     """smap-operation-server: REST API over VictoriaMetrics, WebSocket live stream, the dashboard page."""
 
-    operation_host: str = "0.0.0.0"
+    operation_host: str | None = None  # None: smap_bind_address
     operation_port: int = 8000
     victoria_url: str = "http://localhost:8428"
     victoria_timeout_s: float = Field(default=5.0, gt=0)
@@ -115,7 +119,7 @@ class AlertManagerSettings(_Settings):
     alerts_topic: str = "smap-alerts"
     #: PostgreSQL holding the alert history, transitions, acknowledgements, outbox and delivery log.
     alert_database_url: str = "postgresql://postgres@127.0.0.1:5432/smap_alerts"
-    alert_api_host: str = "0.0.0.0"
+    alert_api_host: str | None = None  # None: smap_bind_address
     alert_api_port: int = 8002
     #: Secrets come from the environment only; empty disables the channel.
     slack_webhook_url: str = ""

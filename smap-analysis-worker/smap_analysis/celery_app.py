@@ -36,8 +36,8 @@ def _start_metrics(**_: Any) -> None:
     # threads pool: the process that runs the tasks is the one serving their metrics (worker_ready: after
     # the logging setup, before the first task)
     port = worker_metrics_port(settings)
-    start_http_server(port)
-    log.info("metrics on :%d", port)
+    start_http_server(port, addr=settings.smap_bind_address)
+    log.info("metrics on %s:%d", settings.smap_bind_address, port)
 
 
 def _stopping(**_: Any) -> None:

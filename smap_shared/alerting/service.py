@@ -325,8 +325,9 @@ async def run_alert_manager(settings: AlertManagerSettings, stop: asyncio.Event,
                         max_attempts=settings.alert_delivery_max_attempts)
         runner = web.AppRunner(make_app(store, publisher.publish), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.alert_api_host, settings.alert_api_port).start()
-        log.info("alert API on http://%s:%d/api/smap/alerts", settings.alert_api_host, settings.alert_api_port)
+        host = settings.alert_api_host or settings.smap_bind_address
+        await web.TCPSite(runner, host, settings.alert_api_port).start()
+        log.info("alert API on http://%s:%d/api/smap/alerts", host, settings.alert_api_port)
         tasks = [asyncio.create_task(outbox.run(stop, workers)), asyncio.create_task(_outbox_gauge(outbox, stop))]
         consumer = AlertConsumer(settings, rules, store, renderer, outbox, publisher, stop)
         await consumer.run()

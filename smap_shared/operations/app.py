@@ -230,9 +230,10 @@ async def run_operation_server(settings: OperationServerSettings, stop: asyncio.
     app = make_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.operation_host, settings.operation_port)
+    host = settings.operation_host or settings.smap_bind_address
+    site = web.TCPSite(runner, host, settings.operation_port)
     await site.start()
-    log.info("%s on http://%s:%d (VictoriaMetrics %s, Kafka %s)", SERVICE, settings.operation_host,
+    log.info("%s on http://%s:%d (VictoriaMetrics %s, Kafka %s)", SERVICE, host,
              settings.operation_port, settings.victoria_url, settings.kafka_bootstrap_servers)
     try:
         await stop.wait()

@@ -29,11 +29,12 @@ async def _serve(main: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
 
 
 def run_service(
-    name: str, main: Callable[[asyncio.Event], Awaitable[Any]], *, log_level: str, metrics_port: int
+    name: str, main: Callable[[asyncio.Event], Awaitable[Any]], *, log_level: str, metrics_port: int,
+    bind_address: str,
 ) -> Any:
     configure_logging(log_level)
-    start_http_server(metrics_port)
-    log.info("%s starting; metrics on :%d", name, metrics_port)
+    start_http_server(metrics_port, addr=bind_address)
+    log.info("%s starting; metrics on %s:%d", name, bind_address, metrics_port)
     result = asyncio.run(_serve(main))
     log.info("%s stopped", name)
     return result

@@ -171,6 +171,7 @@ def build_command(
     metrics_port: int,
     shm_prefix: str,
     extra_args: Sequence[str] = (),
+    bind_address: str = "127.0.0.1",
 ) -> list[str]:
     """The tritonserver command line.
 
@@ -187,6 +188,10 @@ def build_command(
         f"--http-port={http_port}",
         f"--grpc-port={grpc_port}",
         f"--metrics-port={metrics_port}",
+        # tritonserver binds 0.0.0.0 unless told; the project's default is loopback (SMAP_BIND_ADDRESS)
+        f"--http-address={bind_address}",
+        f"--grpc-address={bind_address}",
+        f"--metrics-address={bind_address}",
         "--model-control-mode=none",
         "--exit-on-error=false",
         "--strict-readiness=true",
@@ -372,8 +377,10 @@ class TritonServer:
         log_path: Path | str | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        bind_address: str = "127.0.0.1",
     ) -> None:
         self.repo = Path(repo).resolve()
+        self.bind_address = bind_address
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.metrics_port = metrics_port
@@ -413,7 +420,7 @@ class TritonServer:
         ensure_stub(paths)
         self._shm_prefix = new_shm_prefix(self.http_port)
         cmd = build_command(paths, self.repo, self.http_port, self.grpc_port, self.metrics_port,
-                            self._shm_prefix, self.extra_args)
+                            self._shm_prefix, self.extra_args, self.bind_address)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         # Own session: the server and its python stubs form one process group that kill() can end.
@@ -491,6 +498,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, default=s.triton_http_port)
     p.add_argument("--grpc-port", type=int, default=s.triton_grpc_port)
     p.add_argument("--metrics-port", type=int, default=s.triton_metrics_port)
+    p.add_argument("--bind-address", default=s.smap_bind_address,
+                   help="address of the three listeners (default SMAP_BIND_ADDRESS, else 127.0.0.1)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--foreground", action="store_true",
                       help="exec tritonserver in this process (logs on stdout): for supervisord")
@@ -520,11 +529,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = triton_paths(find_pytriton_dir(), python_version())
         ensure_stub(paths)
         prefix = new_shm_prefix(a.http_port)
-        cmd = build_command(paths, repo.resolve(), a.http_port, a.grpc_port, a.metrics_port, prefix, a.extra)
+        cmd = build_command(paths, repo.resolve(), a.http_port, a.grpc_port, a.metrics_port, prefix, a.extra,
+                            a.bind_address)
         sys.stdout.flush()
         return run_foreground(cmd, build_env(os.environ, paths, site_packages()), prefix)
     # Background: start detached, wait for ready, leave it running.
-    server = TritonServer(repo, a.http_port, a.grpc_port, a.metrics_port, a.log_file, a.extra)
+    server = TritonServer(repo, a.http_port, a.grpc_port, a.metrics_port, a.log_file, a.extra,
+                          bind_address=a.bind_address)
     try:
         server.start()
     except TritonLaunchError as e:

@@ -355,7 +355,8 @@ def test_triton_server_flags_match_native_launcher() -> None:
     words = shlex.split(exec_line.replace("\\\n", " "), comments=True)
     docker = _flags(words)
     per_host = {"--model-repository", "--backend-directory", "--cache-directory", "--http-port",
-                "--grpc-port", "--metrics-port", "--backend-config=python,shm-region-prefix-name"}
+                "--grpc-port", "--metrics-port", "--backend-config=python,shm-region-prefix-name",
+                "--http-address", "--grpc-address", "--metrics-address"}  # loopback natively, 0.0.0.0 inside
     assert {k: v for k, v in native.items() if k not in per_host} == {
         k: v for k, v in docker.items() if k not in per_host
     }
