@@ -1,6 +1,6 @@
 """SMAP telemetry: the vendored copy and the official telemanom layout, plus the anomaly labels."""
 
-from smap_shared.data.labels import Interval, load_labels, parse_labels
+from smap_shared.data.labels import Interval, LabelError, load_labels, parse_labels
 from smap_shared.data.loader import (
     ChannelData,
     DataSource,
@@ -13,6 +13,7 @@ __all__ = [
     "ChannelData",
     "DataSource",
     "Interval",
+    "LabelError",
     "OfficialLayoutSource",
     "VendoredSource",
     "default_source",

@@ -43,21 +43,42 @@ def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
     return merged
 
 
+class LabelError(ValueError):
+    """labeled_anomalies.csv cannot give the labels asked for (no rows for the channels, or ambiguous ones)."""
+
+
 def parse_labels(rows: Iterable[dict[str, str]], spacecraft: str | None = "SMAP") -> dict[str, list[Interval]]:
-    """Channel -> merged inclusive intervals, from the CSV's rows (optionally one spacecraft only)."""
-    out: dict[str, list[Interval]] = {}
+    """Channel -> merged inclusive intervals, from the CSV's rows: one spacecraft's, or every row (None).
+    A channel in the result had a row (its interval list may be empty); one absent had none. With every row,
+    a channel id listed under two spacecraft is refused (LabelError): name the spacecraft."""
+    return {chan: ivs for chan, (_, ivs) in parse_labelled(rows, spacecraft).items()}
+
+
+def parse_labelled(rows: Iterable[dict[str, str]], spacecraft: str | None = None
+                   ) -> dict[str, tuple[str, list[Interval]]]:
+    """parse_labels, keeping each channel's spacecraft: channel -> (spacecraft, merged intervals)."""
+    out: dict[str, tuple[str, list[Interval]]] = {}
     for row in rows:
-        if spacecraft is not None and row["spacecraft"].strip() != spacecraft:
+        craft = row["spacecraft"].strip()
+        if spacecraft is not None and craft != spacecraft:
             continue
         chan = row["chan_id"].strip()
         pairs = json.loads(row["anomaly_sequences"])
-        out.setdefault(chan, []).extend(Interval(int(a), int(b)) for a, b in pairs)
-    return {chan: merge_intervals(ivs) for chan, ivs in out.items()}
+        seen, ivs = out.setdefault(chan, (craft, []))
+        if seen != craft:
+            raise LabelError(f"channel {chan} is labelled for both {seen} and {craft}: choose one (--spacecraft)")
+        ivs.extend(Interval(int(a), int(b)) for a, b in pairs)
+    return {chan: (craft, merge_intervals(ivs)) for chan, (craft, ivs) in out.items()}
 
 
 def load_labels(path: Path, spacecraft: str | None = "SMAP") -> dict[str, list[Interval]]:
     with path.open(newline="") as fh:
         return parse_labels(csv.DictReader(fh), spacecraft)
+
+
+def load_labelled(path: Path, spacecraft: str | None = None) -> dict[str, tuple[str, list[Interval]]]:
+    with path.open(newline="") as fh:
+        return parse_labelled(csv.DictReader(fh), spacecraft)
 
 
 def label_mask(intervals: Iterable[Interval], length: int) -> npt.NDArray[np.bool_]:

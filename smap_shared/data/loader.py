@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from smap_shared.data.labels import Interval, label_mask, load_labels
+from smap_shared.data.labels import Interval, LabelError, label_mask, load_labelled, load_labels
 
 Array = npt.NDArray[np.float64]
 
@@ -43,20 +43,44 @@ class DataSource(Protocol):
 
     def load(self, channel: str) -> ChannelData: ...
 
+    def dataset(self, channels: list[str]) -> str: ...
+
 
 class OfficialLayoutSource:
-    """`root/train/<chan>.npy`, `root/test/<chan>.npy` and `root/labeled_anomalies.csv` (telemanom)."""
+    """`root/train/<chan>.npy`, `root/test/<chan>.npy` and `root/labeled_anomalies.csv` (telemanom), of any
+    spacecraft: `spacecraft` keeps that spacecraft's label rows only; None (the default) every row whose
+    channel has arrays here."""
 
-    def __init__(self, root: Path, spacecraft: str | None = "SMAP") -> None:
+    def __init__(self, root: Path, spacecraft: str | None = None) -> None:
         self.root = Path(root)
         self.spacecraft = spacecraft
         if not (self.root / "train").is_dir() or not (self.root / "test").is_dir():
             raise FileNotFoundError(f"{self.root} is not in the telemanom layout (train/ and test/ missing)")
 
+    @property
+    def labels_csv(self) -> Path:
+        return self.root / "labeled_anomalies.csv"
+
+    @cached_property
+    def _labelled(self) -> dict[str, tuple[str, list[Interval]]]:
+        have = set(self.channels())
+        rows = load_labelled(self.labels_csv, self.spacecraft) if self.labels_csv.exists() else {}
+        return {chan: v for chan, v in rows.items() if chan in have}
+
     @cached_property
     def _labels(self) -> dict[str, list[Interval]]:
-        csv_path = self.root / "labeled_anomalies.csv"
-        return load_labels(csv_path, self.spacecraft) if csv_path.exists() else {}
+        return {chan: ivs for chan, (_, ivs) in self._labelled.items()}
+
+    def dataset(self, channels: list[str]) -> str:
+        """The spacecraft whose label rows cover `channels` ("SMAP", "MSL", "MSL+SMAP"); raises LabelError when
+        a channel has arrays but no label row: an evaluation must never score it as if it had no anomaly."""
+        missing = [c for c in channels if c not in self._labelled]
+        if missing:
+            where = f"rows of spacecraft {self.spacecraft!r}" if self.spacecraft else "a row"
+            raise LabelError(
+                f"{len(missing)} of {len(channels)} channels have arrays in {self.root} but no label row in "
+                f"{self.labels_csv} ({where} needed): {', '.join(missing[:10])}{' ...' * (len(missing) > 10)}")
+        return "+".join(sorted({self._labelled[c][0] for c in channels}))
 
     def channels(self) -> list[str]:
         """Channels with both arrays present; label rows whose arrays are absent (MSL here) are skipped."""
@@ -112,6 +136,10 @@ class VendoredSource:
             )
         )
 
+    def dataset(self, channels: list[str]) -> str:
+        """The vendored copy is SMAP's, every channel labelled."""
+        return "SMAP"
+
 
 def _checked(data: ChannelData) -> ChannelData:
     if data.train.ndim != 2 or data.test.ndim != 2 or data.train.shape[1] != data.test.shape[1]:
@@ -125,6 +153,7 @@ def channel_sort_key(channel: str) -> tuple[str, int]:
     return (letter, int(num) if num.isdigit() else 0)
 
 
-def default_source(root: Path | None = None) -> DataSource:
-    """The official layout at `root` when given (e.g. $SMAP_DATA_DIR), else the vendored copy."""
-    return OfficialLayoutSource(root) if root is not None else VendoredSource()
+def default_source(root: Path | None = None, spacecraft: str | None = None) -> DataSource:
+    """The official layout at `root` when given (e.g. $SMAP_DATA_DIR; `spacecraft`: keep its label rows only),
+    else the vendored copy (SMAP)."""
+    return OfficialLayoutSource(root, spacecraft) if root is not None else VendoredSource()

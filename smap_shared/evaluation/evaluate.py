@@ -90,13 +90,13 @@ def _summarise(params: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_channel(
     channel: str, ckpt_dir: str, data_dir: str | None, plots_dir: str | None, cache_dir: str | None,
-    selection: bool = True,
+    selection: bool = True, spacecraft: str | None = None,
 ) -> ChannelResult:
     """Score one channel with every rule (runs in a worker process)."""
     from smap_shared.data import default_source
 
     t0 = time.perf_counter()
-    data = default_source(Path(data_dir) if data_dir else None).load(channel)
+    data = default_source(Path(data_dir) if data_dir else None, spacecraft).load(channel)
     sc = score_channel(Path(ckpt_dir) / f"{channel}.ckpt", data, Path(cache_dir) if cache_dir else None)
     metrics: dict[str, ChannelMetrics] = {}
     fitted: dict[str, dict[str, Any]] = {}
@@ -173,8 +173,10 @@ def build_report(results: list[ChannelResult], args: argparse.Namespace, seconds
             {r.channel: r.oracle for r in results if r.oracle is not None},
         )
     meta = Checkpoint.load(Path(args.checkpoints) / f"{results[0].channel}.ckpt").meta
+    dataset = getattr(args, "dataset", "SMAP")
     return {
         "command": "python -m smap_shared.evaluation.evaluate " + " ".join(args.argv),
+        "dataset": dataset,  # the spacecraft whose labels were scored (from labeled_anomalies.csv)
         "deployed_rule": DEPLOYED_RULE,
         "channels": [r.channel for r in results],
         "n_channels": len(results),
@@ -199,7 +201,7 @@ def build_report(results: list[ChannelResult], args: argparse.Namespace, seconds
         "trained_now": trained,
         "rules": rules,
         "selection": selection,
-        "published": PUBLISHED,
+        "published": PUBLISHED if dataset == "SMAP" else [],  # SMAP's published numbers apply to SMAP only
         "checkpoint_thresholds": {r.channel: r.checkpoint_threshold for r in results},
         "runtime": {
             "seconds": round(seconds, 1), "jobs": args.jobs, "python": platform.python_version(),
@@ -224,7 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     ap.add_argument("--train-missing", action="store_true", help="train channels without a checkpoint")
-    ap.add_argument("--data-dir", type=Path, default=os.environ.get("SMAP_DATA_DIR") or None)
+    ap.add_argument("--data-dir", type=Path, default=os.environ.get("SMAP_DATA_DIR") or None,
+                    help="a folder in telemanom's layout, of any spacecraft (default: the vendored SMAP copy)")
+    ap.add_argument("--spacecraft", default=None,
+                    help="score only this spacecraft's label rows (default: every row whose channel has arrays)")
     ap.add_argument("--score-cache", type=Path, default=None,
                     help="reuse scores of unchanged checkpoints and data (keyed by their content)")
     ap.add_argument("--jobs", type=int, default=2)
@@ -235,12 +240,19 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
     from smap_shared.data import default_source
+    from smap_shared.data.labels import LabelError
 
-    source = default_source(args.data_dir)
+    source = default_source(args.data_dir, args.spacecraft)
     channels = args.channels or source.channels()
     unknown = sorted(set(channels) - set(source.channels()))
     if unknown:
         raise SystemExit(f"unknown channels: {', '.join(unknown)}")
+    if not channels:
+        raise SystemExit(f"no channel with train and test arrays in {args.data_dir}")
+    try:
+        args.dataset = source.dataset(channels)  # every scored channel has its label row, or no evaluation
+    except LabelError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     t0 = time.perf_counter()
     trained = ensure_checkpoints(channels, args.checkpoints, args.train_missing, args.data_dir, args.jobs)
     plots = None if args.no_plots else str(args.plots)
@@ -251,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futs = [
             pool.submit(
-                evaluate_channel, ch, str(args.checkpoints), data_dir, plots, cache, not args.no_selection
+                evaluate_channel, ch, str(args.checkpoints), data_dir, plots, cache, not args.no_selection,
+                args.spacecraft,
             )
             for ch in channels
         ]

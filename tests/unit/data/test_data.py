@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smap_shared.data import Interval, OfficialLayoutSource, VendoredSource, parse_labels
+from smap_shared.data import Interval, LabelError, OfficialLayoutSource, VendoredSource, parse_labels
 from smap_shared.data.labels import label_mask, merge_intervals
 from smap_shared.data.vendor import pack
 
@@ -96,3 +96,55 @@ def test_vendored_equals_official_copy(source: VendoredSource) -> None:
         np.testing.assert_array_equal(a.train, b.train)
         np.testing.assert_array_equal(a.test, b.test)
         assert a.labels == b.labels
+
+
+def _layout(root: Path, channels: dict[str, str], rows: str) -> Path:
+    """A telemanom folder: channel -> its spacecraft's label row text; `rows` the CSV body."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 30), ("test", 50)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for chan in channels:
+            np.save(root / split / f"{chan}.npy", rng.uniform(-1, 1, (n, 3)))
+    (root / "labeled_anomalies.csv").write_text("chan_id,spacecraft,anomaly_sequences,class,num_values\n" + rows)
+    return root
+
+
+def test_labels_of_any_spacecraft_are_parsed(tmp_path: Path) -> None:
+    """Another spacecraft's folder (here MSL rows only): its labels are read, not dropped for not being
+    SMAP's, and the dataset is named after the rows that labelled it."""
+    root = _layout(tmp_path, {"M-1": "MSL", "C-2": "MSL"},
+                   'M-1,MSL,"[[3, 5], [10, 12]]",[point],50\nC-2,MSL,"[]",[],50\nA-1,SMAP,"[[1, 2]]",[point],50\n')
+    src = OfficialLayoutSource(root)
+    assert src.load("M-1").labels == [Interval(3, 5), Interval(10, 12)]
+    assert src.load("C-2").labels == []  # a row with no anomaly is a label too
+    assert src.dataset(src.channels()) == "MSL"
+    only = OfficialLayoutSource(root, spacecraft="MSL")
+    assert only.load("M-1").labels == [Interval(3, 5), Interval(10, 12)]
+
+
+def test_arrays_without_label_rows_are_an_error(tmp_path: Path) -> None:
+    root = _layout(tmp_path, {"M-1": "MSL"}, 'M-1,MSL,"[[3, 5]]",[point],50\n')
+    with pytest.raises(LabelError, match="no label row"):
+        OfficialLayoutSource(root, spacecraft="SMAP").dataset(["M-1"])  # the filter leaves it unlabelled
+    (root / "labeled_anomalies.csv").write_text("chan_id,spacecraft,anomaly_sequences,class,num_values\n")
+    with pytest.raises(LabelError, match="1 of 1 channels have arrays"):
+        OfficialLayoutSource(root).dataset(["M-1"])
+
+
+def test_a_channel_labelled_for_two_spacecraft_must_be_chosen(tmp_path: Path) -> None:
+    root = _layout(tmp_path, {"X-1": "SMAP"}, 'X-1,SMAP,"[[1, 2]]",[point],50\nX-1,MSL,"[[4, 6]]",[point],50\n')
+    with pytest.raises(LabelError, match="both SMAP and MSL"):
+        OfficialLayoutSource(root).dataset(["X-1"])
+    assert OfficialLayoutSource(root, spacecraft="MSL").load("X-1").labels == [Interval(4, 6)]
+
+
+def test_the_evaluation_refuses_arrays_without_labels(tmp_path: Path) -> None:
+    """`evaluate --data-dir D` of a folder whose CSV has no row for its channels fails with a clear message
+    (it used to report 0 events and exit 0)."""
+    from smap_shared.evaluation.evaluate import main
+
+    root = _layout(tmp_path / "data", {"M-1": "MSL"}, "")
+    with pytest.raises(SystemExit, match="no label row"):
+        main(["--data-dir", str(root), "--checkpoints", str(tmp_path / "ck"), "--json", str(tmp_path / "e.json"),
+              "--md", str(tmp_path / "e.md")])
+    assert not (tmp_path / "e.json").exists()
