@@ -108,7 +108,7 @@ def test_start_ready_infer_kill_restart(repo: Path, tmp_path: Path) -> None:
         assert not port_in_use(18200)
     finally:
         server.kill()
-    assert "Started HTTPService at 0.0.0.0:18200" in (tmp_path / "triton.log").read_text()
+    assert "Started HTTPService at 127.0.0.1:18200" in (tmp_path / "triton.log").read_text()  # loopback by default
 
 
 def test_a_broken_model_is_reported_and_the_others_still_serve(repo: Path, tmp_path: Path) -> None:

@@ -443,7 +443,7 @@ def test_worker_runs_batches_in_order_and_retries_in_place_through_an_outage(
     finally:
         code = worker.stop()
     assert code == 0, worker.output[-3000:]
-    assert f"metrics on :{worker.metrics_port}" in worker.output  # LOG_LEVEL=INFO reaches the worker's logging
+    assert f"metrics on 127.0.0.1:{worker.metrics_port}" in worker.output  # INFO reaches it; loopback by default
     assert "expects" in worker.output
     # exactly as many results as expected, nothing more (no retry produced a result twice)
     every = [InferenceResult.model_validate_json(v) for v in _all_of(bootstrap, results_topic)]
