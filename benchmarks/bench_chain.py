@@ -642,6 +642,69 @@ class BenchChain(Chain):
         return env
 
 
+def scrape(port: int) -> dict[str, float]:
+    """A service's /metrics as {sample name{labels}: value} (counters and histogram sums/counts)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "le")
+            if not s.name.endswith("_bucket"):
+                out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def stage_snapshot(chain: Chain) -> dict[str, dict[str, float]]:
+    return {name: scrape(port) for name, port in chain.metrics_ports.items()
+            if name.startswith(("worker-shard", "trigger"))}
+
+
+def stage_report(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Per worker shard over a phase: tasks, frames per task, and the mean seconds of a task's stages (the
+    serial path of a shard: one task at a time); for the trigger, frames per published task."""
+
+    def d(name: str, key: str) -> float:
+        return after.get(name, {}).get(key, 0.0) - before.get(name, {}).get(key, 0.0)
+
+    out: dict[str, Any] = {}
+    for name in sorted(after):
+        if name.startswith("worker-shard"):
+            tasks = d(name, "smap_worker_batch_seconds_count{}")
+            if tasks <= 0:
+                continue
+            calls = d(name, "smap_worker_inference_seconds_count{}")
+            frames = d(name, "smap_worker_frames_total{outcome=result}") + d(
+                name, "smap_worker_frames_total{outcome=dead_letter}")
+            out[name] = {
+                "tasks": int(tasks), "frames_per_task": round(frames / tasks, 1),
+                "task_ms": round(1000 * d(name, "smap_worker_batch_seconds_sum{}") / tasks, 1),
+                "triton_ms": round(1000 * d(name, "smap_worker_inference_seconds_sum{}") / calls, 1)
+                if calls else None,
+                "kafka_ms": round(1000 * d(name, "smap_worker_kafka_publish_seconds_sum{}") / tasks, 1),
+                "busy_share": None,  # filled by the caller with the phase's wall time
+            }
+        elif name == "trigger":
+            n = d(name, "smap_trigger_batch_frames_count{}")
+            per_task = round(d(name, "smap_trigger_batch_frames_sum{}") / n, 1) if n else None
+            out[name] = {"tasks": int(n), "frames_per_task": per_task}
+    return out
+
+
+def print_stages(stages: dict[str, Any]) -> None:
+    for name, s in stages.items():
+        if name.startswith("worker-shard"):
+            print(f"  {name}: {s['tasks']} tasks of {s['frames_per_task']} frames; a task {s['task_ms']} ms "
+                  f"(Triton {s['triton_ms']} ms, Kafka acked {s['kafka_ms']} ms), busy {s['busy_share']:.0%}")
+        else:
+            print(f"  {name}: {s['tasks']} tasks of {s['frames_per_task']} frames")
+
+
 def _http_ok(url: str) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -923,6 +986,7 @@ def main(argv: list[str] | None = None) -> None:
 
         tap = ResultsTap(f"localhost:{chain.kafka_port}").start()
         cpu0 = cpu_by_component(chain)
+        stages0 = stage_snapshot(chain)
         t_paced0 = time.time()
         sim = simulate(warm, paced_steps, interval, paced_steps * interval + 300)
         lag_at_end: dict[str, dict[str, Any]] = {}
@@ -939,6 +1003,10 @@ def main(argv: list[str] | None = None) -> None:
         at_sim_end()
         t_paced1 = time.time()
         cpu1 = cpu_by_component(chain)
+        paced_stages = stage_report(stages0, stage_snapshot(chain))
+        for s in paced_stages.values():
+            if "task_ms" in s:
+                s["busy_share"] = round(s["tasks"] * s["task_ms"] / 1000 / (t_paced1 - t_paced0), 3)
         paced_frames_sent = simulator_frames(chain.logs / "simulator.log")
         # settle: every reader caught up?
         settled: dict[str, dict[str, Any]] = {}
@@ -974,7 +1042,7 @@ def main(argv: list[str] | None = None) -> None:
             "tick_interval_ms_mean": round(tick_ms, 1) if tick_ms is not None else None,
             "lag": lag_json, "lag_settled_after_s": round(settled_after, 2) if settled_after is not None else None,
             "simulator_error": repr(sim_error[0]) if sim_error else None,
-            "cpu": paced_cpu, "cpu_ms_per_frame": paced_cpu["chain_ms_per_frame"],
+            "cpu": paced_cpu, "cpu_ms_per_frame": paced_cpu["chain_ms_per_frame"], "stages": paced_stages,
         }
         p = report["paced"]
         print(f"  frames sent {p['frames_sent']}, stored {p['frames_stored']} "
@@ -988,6 +1056,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  lag when the simulator ended: {lag_line(lag_at_end)}")
         when = f"after {settled_after:.1f} s" if settled_after is not None else "NOT within the settle time"
         print(f"  lag settled: {lag_line(settled)} ({when})")
+        print_stages(paced_stages)
 
         # readers other than the consumer off: the full-speed phase measures telemetry -> VictoriaMetrics
         live.stop()

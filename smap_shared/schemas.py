@@ -19,6 +19,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 SENSOR_KEY = re.compile(r"^sensor_(\d+)$")
+#: The largest HTTP request body the dashboard's and the alert manager's APIs read (an acknowledgement is
+#: ~100 bytes); a larger one answers 413 before any of it is parsed.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def _utc(ts: datetime) -> datetime:

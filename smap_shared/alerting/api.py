@@ -18,7 +18,7 @@ import psycopg
 from aiohttp import web
 
 from smap_shared.alerting.store import SEVERITIES, STATES, AlertStore, event_of_alert
-from smap_shared.schemas import AlertEvent
+from smap_shared.schemas import MAX_BODY_BYTES, AlertEvent
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,17 @@ async def _db_errors(request: web.Request, handler: Callable[[web.Request], Awai
                      ) -> web.StreamResponse:
     try:
         return await handler(request)
+    except web.HTTPException as exc:  # e.g. 413 for a body over MAX_BODY_BYTES: JSON like every other error
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return _error(exc.status, exc.reason)
     except (psycopg.OperationalError, OSError) as exc:
         log.warning("%s %s: database unavailable: %r", request.method, request.path, exc)
         return _error(503, "alert database unavailable")
 
 
 def make_app(store: AlertStore, publish: Callable[[list[AlertEvent]], Awaitable[None]]) -> web.Application:
-    app = web.Application(middlewares=[_db_errors])
+    app = web.Application(middlewares=[_db_errors], client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
     app[PUBLISH] = publish
     app.router.add_get("/api/smap/alerts", list_alerts)

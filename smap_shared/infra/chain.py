@@ -109,6 +109,7 @@ class Chain:
     fleet_file: Path | None = None
     tritons: int = 1
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # service name -> its /metrics port
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     def __post_init__(self) -> None:
@@ -124,6 +125,8 @@ class Chain:
 
     # ------------------------------------------------------------------ infrastructure
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> None:
+        if env is not None and "METRICS_PORT" in env:  # a worker shard serves on METRICS_PORT + SHARD_INDEX
+            self.metrics_ports[name] = int(env["METRICS_PORT"]) + int(env.get("SHARD_INDEX", "0"))
         self.procs[name] = spawn(cmd, self.logs / f"{name}.log", env, cwd)
 
     def start_infra(self) -> None:

@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from prometheus_client import Counter, Histogram
 
+from smap_shared import schemas
 from smap_shared.data import default_source
 from smap_shared.fleet import load_fleet
 from smap_shared.operations.api import ALERTS_URL, CATALOG, HTTP, VICTORIA, Catalog, NotFoundError, add_routes
@@ -188,7 +189,7 @@ def make_catalog(settings: OperationServerSettings) -> Catalog:
 
 def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = None,
              live_feed: bool = True) -> web.Application:
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[json_errors], client_max_size=schemas.MAX_BODY_BYTES)
     app[CATALOG] = catalog or make_catalog(settings)
     app[ALERTS_URL] = settings.alert_manager_url
     app[HUB] = Hub(queue_max=settings.ws_queue_max)

@@ -40,6 +40,7 @@ class WorkerMetrics:
     tasks: Counter
     inference_latency: Histogram
     kafka_publish_latency: Histogram
+    batch_latency: Histogram
     retries: Counter
     blocked_seconds: Counter
     blocked: Gauge
@@ -106,6 +107,10 @@ def worker_metrics() -> WorkerMetrics:
         ),
         kafka_publish_latency=Histogram(
             "smap_worker_kafka_publish_seconds", "Result publish until Kafka acked", buckets=LATENCY_BUCKETS
+        ),
+        batch_latency=Histogram(
+            "smap_worker_batch_seconds", "A task's frames from received to results acked by Kafka",
+            buckets=LATENCY_BUCKETS,
         ),
         retries=Counter("smap_worker_retries", "Transient failures retried in place", ["stage"]),
         blocked_seconds=Counter(

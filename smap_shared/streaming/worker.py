@@ -339,10 +339,13 @@ class InferenceRunner:
     def run_batch(self, frames: Sequence[InferenceTask]) -> BatchOutcome:
         """Score the frames and make their results (or dead letters) durable in Kafka; raises StoppedError when
         asked to stop before that."""
+        started = time.perf_counter()
         try:
-            return self._run_batch(frames)
+            outcome = self._run_batch(frames)
         finally:
             self.metrics.blocked.set(0)
+        self.metrics.batch_latency.observe(time.perf_counter() - started)
+        return outcome
 
     def _run_batch(self, frames: Sequence[InferenceTask]) -> BatchOutcome:
         outputs, refused, took_ms = self._infer_groups(frames)

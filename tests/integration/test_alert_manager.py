@@ -146,6 +146,9 @@ def test_dead_webhook_is_retried_until_it_recovers_while_the_stream_flows(rig: R
     assert rig.manager.get("/api/smap/alerts?limit=0")[0] == 400
     assert rig.manager.post(f"/api/smap/alerts/{d1['id']}/ack", {"note": "who?"})[0] == 400
     assert rig.manager.post("/api/smap/alerts/999/ack", {"by": "x"})[0] == 404
+    # a body over the cap is refused before it is read, and records nothing
+    assert rig.manager.post(f"/api/smap/alerts/{d1['id']}/ack", {"by": "x", "note": "n" * 70_000})[0] == 413
+    assert len(rig.manager.get(f"/api/smap/alerts/{d1['id']}")[1]["acknowledgements"]) == 1
 
     # every transition and the acknowledgement went out on the alerts topic, keyed by stream
     raw = asyncio.run(read_topic(rig.bootstrap, "smap-alerts", 5, 30))
