@@ -7,6 +7,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smap_shared.evaluation.metrics import (
     PA_K_GRID,
@@ -178,25 +180,9 @@ def test_channel_metrics_and_aggregate_sum_counts() -> None:
     assert d["delay"] == {"mean": 0.0, "median": 0.0, "detected": 1}
 
 
-def test_cross_channel_selection_scores_each_half_with_the_other_halfs_choice() -> None:
-    from smap_shared.evaluation.selection import cross_validate, oracle_counts
+def test_oracle_picks_the_best_static_threshold_with_the_labels() -> None:
+    from smap_shared.evaluation.selection import oracle_counts
 
-    def cm(tp: int, fp: int, fn: int) -> ChannelMetrics:
-        c = Counts(tp, fp, fn)
-        return ChannelMetrics(c, c, [c] * len(PA_K_GRID), 0.5, 0.5, [], 10, tp + fn)
-
-    # variant "a" wins on channels c0 and c2, "b" on c1 and c3
-    per = {
-        "c0": {"a": cm(1, 0, 0), "b": cm(0, 5, 1)},
-        "c1": {"a": cm(0, 5, 1), "b": cm(1, 0, 0)},
-        "c2": {"a": cm(1, 0, 0), "b": cm(0, 5, 1)},
-        "c3": {"a": cm(0, 5, 1), "b": cm(1, 0, 0)},
-    }
-    folds, held = cross_validate(per)
-    assert [f.selected for f in folds] == ["a", "b"]
-    assert folds[0].select_on == ["c0", "c2"] and folds[0].evaluate_on == ["c1", "c3"]
-    # each half is scored with the variant that is worst for it
-    assert held.event == Counts(0, 20, 4)
     ev, pt = oracle_counts(np.r_[np.zeros(50), np.ones(10), np.zeros(40)], [(50, 59)], skip=0)
     assert ev == Counts(1, 0, 0) and pt == Counts(10, 0, 0)
 
@@ -219,3 +205,52 @@ def test_cause_tally_counts_first_flags_of_events_and_whole_false_runs() -> None
     assert set(empty["events"].values()) == set(empty["false_alarms"].values()) == {0}
     with pytest.raises(ValueError, match="shape"):
         cause_tally(pred, cause[:5], [])
+
+
+def _cm(tp: int, fp: int, fn: int) -> ChannelMetrics:
+    c = Counts(tp, fp, fn)
+    return ChannelMetrics(c, c, [c] * len(PA_K_GRID), 0.5, 0.5, [], 10, tp + fn)
+
+
+def test_leave_one_family_out_scores_each_family_with_the_others_choice() -> None:
+    from smap_shared.evaluation.selection import cross_validate
+
+    # variant "a" wins on family A, "b" on family B
+    per = {
+        "A-1": {"a": _cm(1, 0, 0), "b": _cm(0, 5, 1)},
+        "A-2": {"a": _cm(1, 0, 0), "b": _cm(0, 5, 1)},
+        "B-1": {"a": _cm(0, 5, 1), "b": _cm(1, 0, 0)},
+        "B-2": {"a": _cm(0, 5, 1), "b": _cm(1, 0, 0)},
+    }
+    folds, held = cross_validate(per)
+    assert [(f.held_out, f.selected) for f in folds] == [("A", "b"), ("B", "a")]
+    assert folds[0].select_on == ["B-1", "B-2"] and folds[0].evaluate_on == ["A-1", "A-2"]
+    assert held.event == Counts(0, 20, 4)  # each family is scored with the variant that is worst for it
+    with pytest.raises(ValueError, match="two groups"):
+        cross_validate({"A-1": per["A-1"], "A-2": per["A-2"]})
+
+
+COUNTS = st.builds(_cm, st.integers(0, 3), st.integers(0, 6), st.integers(0, 3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), families=st.integers(2, 4), variants=st.integers(1, 4))
+def test_a_held_out_familys_labels_never_reach_its_choice(data: st.DataObject, families: int,
+                                                          variants: int) -> None:
+    """A variant planted to be perfect on one family only (what looking at that family's test labels would
+    pick) is never the choice that scores that family; and whatever the held-out family's results are (its
+    labels changed at will), the choice for it does not move."""
+    from smap_shared.evaluation.selection import cross_validate
+
+    names = [f"v{i}" for i in range(variants)]
+    fams = [chr(ord("A") + i) for i in range(families)]
+    per = {f"{fam}-{n}": {v: data.draw(COUNTS) for v in names} for fam in fams for n in (1, 2)}
+    target = data.draw(st.sampled_from(fams))
+    for chan, m in per.items():  # "leak": perfect on the target family, worst possible elsewhere
+        m["leak"] = _cm(5, 0, 0) if chan.startswith(target) else _cm(0, 50, 5)
+    folds, _ = cross_validate(per)
+    fold = next(f for f in folds if f.held_out == target)
+    assert fold.selected != "leak"
+    changed = {c: ({v: data.draw(COUNTS) for v in m} if c.startswith(target) else m) for c, m in per.items()}
+    again = next(f for f in cross_validate(changed)[0] if f.held_out == target)
+    assert again.selected == fold.selected
