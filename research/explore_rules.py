@@ -1,7 +1,7 @@
 """Exploration (issue 7): causal decision rules on cached per-channel errors, against the deployed rule.
 
-    python -m smap_shared.evaluation.explore_rules --prepare   # score + trace all 54 channels once (cached)
-    python -m smap_shared.evaluation.explore_rules             # evaluate the candidate rules, print a table
+    python -m research.explore_rules --prepare   # score + trace all 54 channels once (cached)
+    python -m research.explore_rules             # evaluate the candidate rules, print a table
 
 Everything a rule uses is fitted on the train split; decisions at t use values up to t; the test labels
 only score. `--prepare` goes through the evaluation's own path (score_channel with the checkpoints, the

@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from research import experiments
+from research.experiments import score_errors, score_variant, start_state_effect, table_row
 from smap_shared.data import VendoredSource
-from smap_shared.evaluation import experiments
-from smap_shared.evaluation.experiments import score_errors, score_variant, start_state_effect, table_row
 from smap_shared.evaluation.metrics import ChannelMetrics, aggregate, count_metrics
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.scorer import Scorer

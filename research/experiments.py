@@ -13,8 +13,8 @@ differs only in:
   then taken against the output of step t-1, so a row that breaks the learned dynamics scores high even
   when it lies in the usual range (reconstructing x[t] after having read it hides such rows).
 
-    python -m smap_shared.evaluation.experiments --variant fixed-w50-pred --out /work/eval-ckpt/x
-    python -m smap_shared.evaluation.experiments --score /work/eval-ckpt/x      # the report's table row
+    python -m research.experiments --variant fixed-w50-pred --out /work/eval-ckpt/x
+    python -m research.experiments --score /work/eval-ckpt/x      # the report's table row
 
 `--score` runs the evaluation's rules (fitted on train only) over the errors a variant wrote and prints
 its row of the report's "variants tried" table, the oracle included. `--start-state CKPT_DIR` measures,

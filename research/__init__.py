@@ -1,0 +1,1 @@
+"""Research and exploration scripts: not part of the shipped package (see research/README.md)."""
