@@ -71,6 +71,7 @@ from smap_shared.data import default_source
 from smap_shared.fleet import default_fleet, load_fleet
 from smap_shared.infra.chain import Chain
 from smap_shared.infra.ports import free_port
+from smap_shared.infra.procs import descendants, proc_table
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.contract import ModelOutputs
 from smap_shared.model.scorer import Scorer
@@ -184,23 +185,6 @@ def bench_fleet(path: Path, streams: int) -> tuple[list[str], list[tuple[str, st
 # ---------------------------------------------------------------- CPU from /proc
 
 
-def _cpu_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (ppid, name, user + system CPU seconds) of every live process, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, tuple[int, str, float]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            raw = (d / "stat").read_text()
-        except OSError:
-            continue
-        name = raw[raw.index("(") + 1 : raw.rindex(")")]
-        f = raw[raw.rindex(")") + 2 :].split()  # f[0] is field 3 (state)
-        out[int(d.name)] = (int(f[1]), name, (int(f[11]) + int(f[12])) / tick)
-    return out
-
-
 #: shared servers the chain uses, measured whole (by process name): other users count too
 SYSTEM_SERVERS = {"rabbitmq (whole server)": ("beam.smp",), "redis (whole server)": ("redis-server",),
                   "postgresql (whole server)": ("postgres",)}
@@ -209,13 +193,10 @@ SYSTEM_SERVERS = {"rabbitmq (whole server)": ("beam.smp",), "redis (whole server
 def cpu_by_component(chain: Chain, extra: dict[str, int] | None = None) -> dict[str, float]:
     """CPU seconds so far of each chain component (its process and live descendants), the shared servers,
     this process, and this process's reaped children (the simulator runs)."""
-    table = _cpu_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
+    table = proc_table()
 
     def tree(pid: int) -> float:
-        return table.get(pid, (0, "", 0.0))[2] + sum(tree(c) for c in children.get(pid, []))
+        return sum(table[p].cpu_s for p in descendants(pid, table) if p in table)
 
     roots = {name: p.pid for name, p in chain.procs.items() if p.poll() is None}
     for k, server in enumerate(chain.servers):
@@ -224,7 +205,7 @@ def cpu_by_component(chain: Chain, extra: dict[str, int] | None = None) -> dict[
     roots.update(extra or {})
     out = {name: tree(pid) for name, pid in roots.items()}
     for row, names in SYSTEM_SERVERS.items():
-        out[row] = sum(c for _, n, c in table.values() if n in names)
+        out[row] = sum(p.cpu_s for p in table.values() if p.name in names)
     t = os.times()
     out[BENCH_ROW] = t.user + t.system
     out["simulator (reaped child)"] = t.children_user + t.children_system

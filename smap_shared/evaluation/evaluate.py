@@ -239,8 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = argv
     from tqdm import tqdm
 
-    from smap_shared.data import default_source
-    from smap_shared.data.labels import LabelError
+    from smap_shared.data import LabelError, default_source
 
     source = default_source(args.data_dir, args.spacecraft)
     channels = args.channels or source.channels()

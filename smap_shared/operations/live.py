@@ -125,6 +125,12 @@ class Subscription:
     def matches(self, satellite_id: str, entity: str) -> bool:
         return (self.satellite_id in (None, satellite_id)) and (self.entity in (None, entity))
 
+    def may_match_key(self, key: str) -> bool:
+        """`matches` for a record known only by its stream id `<satellite>/<entity>`: True for every key of a
+        stream that matches (ids holding a "/" may give a True that `matches` then refuses, never a False)."""
+        return ((self.satellite_id is None or key.startswith(self.satellite_id + "/"))
+                and (self.entity is None or key.endswith("/" + self.entity)))
+
     @classmethod
     def from_query(cls, query: Mapping[str, Any]) -> Subscription:
         sat = query.get("satellite_id") or None
@@ -180,11 +186,7 @@ class Hub:
         would take; a record without a key is always wanted."""
         if key is None:
             return bool(self.clients)
-        for client in self.clients:
-            sat, ent = client.subscription.satellite_id, client.subscription.entity
-            if (sat is None or key.startswith(sat + "/")) and (ent is None or key.endswith("/" + ent)):
-                return True
-        return False
+        return any(client.subscription.may_match_key(key) for client in self.clients)
 
     def publish(self, message: LiveMessage) -> int:
         """Offer the message to every matching client without waiting; returns how many took it."""

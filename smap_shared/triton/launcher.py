@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from smap_shared.infra.ports import port_open
+from smap_shared.infra.procs import proc_table
 from smap_shared.settings import TritonSettings
 
 #: Repository root (smap_shared is installed editable from it): models import smap_shared from here.
@@ -222,29 +223,15 @@ def remove_shm_regions(prefix: str, shm_dir: Path = Path("/dev/shm")) -> int:
 STUB_NAME = "triton_python_backend_stub"
 
 
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, command line) of every live process, from /proc."""
-    out: dict[int, tuple[int, str]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        out[int(d.name)] = (int(stat[stat.rindex(")") + 2 :].split()[1]), cmdline)
-    return out
-
-
 def orphaned_stubs(repo: Path) -> list[int]:
     """Python-backend stubs of models in `repo` whose tritonserver is gone (re-parented to init or to any
     process that is not a tritonserver): a SIGKILLed server leaves them behind, ~38 MB each."""
-    table = _proc_table()
+    table = proc_table()
     needle = str(Path(repo).resolve())
     return [
-        pid for pid, (ppid, cmd) in table.items()
-        if STUB_NAME in cmd and needle in cmd and "tritonserver" not in table.get(ppid, (0, ""))[1]
+        pid for pid, p in table.items()
+        if STUB_NAME in p.cmdline and needle in p.cmdline
+        and (p.ppid not in table or "tritonserver" not in table[p.ppid].cmdline)
     ]
 
 
@@ -277,7 +264,7 @@ def run_foreground(cmd: list[str], env: Mapping[str, str], shm_prefix: str) -> i
         signal.signal(sig, forward)
     code = proc.wait()
     me = os.getpid()
-    leftovers = [pid for pid, (ppid, _) in _proc_table().items() if ppid == me]
+    leftovers = [pid for pid, p in proc_table().items() if p.ppid == me]
     for pid in leftovers:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from smap_shared.infra.procs import descendants, proc_table
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,45 +68,16 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def descendants(root: int) -> set[int]:
-    tree, seen, todo = children(), {root}, [root]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            if child not in seen:
-                seen.add(child)
-                todo.append(child)
-    return seen
-
-
 def project_pids() -> dict[int, str]:
     """pid -> what it is, for every process the project started."""
-    pids: dict[int, str] = {}
+    table = proc_table()
     sup = int((RUN / "supervisord.pid").read_text().split()[0])
-    for pid in descendants(sup):
-        try:
-            pids[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:100]
-        except OSError:
-            continue
+    pids = {pid: table[pid].cmdline[:100] for pid in descendants(sup, table) if pid in table}
     started = RUN / "infra-started"
     for line in started.read_text().splitlines() if started.exists() else []:
         name, pid, _port = line.split()
-        if pid.isdigit() and (Path("/proc") / pid).exists():
-            for p in descendants(int(pid)):
-                pids[p] = name
+        if pid.isdigit() and int(pid) in table:
+            pids.update(dict.fromkeys(descendants(int(pid), table), name))
     return pids
 
 

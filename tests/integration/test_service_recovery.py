@@ -20,7 +20,8 @@ import pytest
 from test_infra import ECHO, add_model
 
 from smap_shared.infra.ports import free_port
-from smap_shared.triton.launcher import STUB_NAME, _proc_table, is_ready, orphaned_stubs
+from smap_shared.infra.procs import proc_table
+from smap_shared.triton.launcher import STUB_NAME, is_ready, orphaned_stubs
 
 pytestmark = pytest.mark.integration
 
@@ -28,11 +29,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _stubs(repo: Path) -> list[int]:
-    return [pid for pid, (_, cmd) in _proc_table().items() if STUB_NAME in cmd and str(repo.resolve()) in cmd]
+    return [pid for pid, p in proc_table().items() if STUB_NAME in p.cmdline and str(repo.resolve()) in p.cmdline]
 
 
 def _children(pid: int) -> list[int]:
-    return [p for p, (ppid, _) in _proc_table().items() if ppid == pid]
+    return [p for p, proc in proc_table().items() if proc.ppid == pid]
 
 
 def _launcher(repo: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -61,7 +62,7 @@ def test_a_dead_tritons_stubs_never_outlive_it(tmp_path: Path) -> None:
     try:
         _wait(lambda: is_ready(port), 120, "tritonserver ready")
         assert len(_stubs(repo)) == 3
-        [server] = [p for p in _children(launcher.pid) if "tritonserver" in _proc_table()[p][1]]
+        [server] = [p for p in _children(launcher.pid) if "tritonserver" in proc_table()[p].cmdline]
         os.kill(server, signal.SIGKILL)  # a crash of the server alone
         assert launcher.wait(30) != 0  # the launcher exits with the server, so a supervisor restarts it
         _wait(lambda: not _stubs(repo), 10, "the dead server's stubs to be gone")
@@ -70,7 +71,7 @@ def test_a_dead_tritons_stubs_never_outlive_it(tmp_path: Path) -> None:
         launcher = _launcher(repo, port, log)
         _wait(lambda: is_ready(port), 120, "tritonserver ready again")
         os.killpg(launcher.pid, signal.SIGSTOP)  # freeze the group so the launcher cannot clean up
-        [server] = [p for p in _children(launcher.pid) if "tritonserver" in _proc_table()[p][1]]
+        [server] = [p for p in _children(launcher.pid) if "tritonserver" in proc_table()[p].cmdline]
         os.kill(launcher.pid, signal.SIGKILL)
         os.kill(server, signal.SIGKILL)
         launcher.wait(10)
