@@ -19,7 +19,8 @@
 #            operation-server, simulator, flower, ...)
 #
 # Environment: SMAP_BIND_ADDRESS (address of every listening socket, default 127.0.0.1; a non-loopback one
-# is warned about), INFERENCE_SHARDS (worker shards, default 2), SIMULATOR_INTERVAL_S (default 5),
+# is warned about), SMAP_AUTH (on: log in / API tokens, the default; off: no login, loopback only),
+# INFERENCE_SHARDS (worker shards, default 2), SIMULATOR_INTERVAL_S (default 5),
 # TRITON_HTTP_PORT (8100), TRITON_WAIT_S (seconds to wait for Triton, default 180),
 # SMAP_SKIP_MODELS=1 (do not run setup_models.sh), SUPERVISOR_BIN (default .venv/bin), and every
 # service setting (see smap_shared/settings.py).
@@ -41,14 +42,21 @@ SUPERVISOR_BIN="${SUPERVISOR_BIN:-$VENV/bin}"  # where supervisord/supervisorctl
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 # ---------------------------------------------------------------------------------------------- urls
+login_hint() {
+  if [[ "$SMAP_AUTH" == off ]]; then echo "(SMAP_AUTH=off: no login)"
+  elif [[ -f "$RUN_DIR/admin-password" ]]; then echo "(first login: admin, password in ${RUN_DIR#"$ROOT"/}/admin-password)"
+  else echo "(log in with your user; tokens: python -m smap_shared.auth create-token NAME)"; fi
+}
+
 print_urls() {
   local k vm="${VM_PORT:-8428}"
   cat <<EOF
 
 SMAP chain endpoints
-  Dashboard        http://localhost:${OPERATION_PORT:-8000}
+  Dashboard        http://localhost:${OPERATION_PORT:-8000}   $(login_hint)
                    OpenAPI: http://localhost:${OPERATION_PORT:-8000}/api/openapi.json
-                   curl 'localhost:${OPERATION_PORT:-8000}/api/smap/entity/A-1/overview?window=1h'
+                   curl -H "Authorization: Bearer \$SMAP_TOKEN" 'localhost:${OPERATION_PORT:-8000}/api/smap/entity/A-1/overview?window=1h'
+                   (a token: SMAP_TOKEN=\$(.venv/bin/python -m smap_shared.auth create-token admin --name curl))
                    WebSocket: ws://localhost:${OPERATION_PORT:-8000}/ws/smap?satellite_id=SAT-001
   Triton           http://localhost:$TRITON_HTTP_PORT
                    curl localhost:$TRITON_HTTP_PORT/v2/health/ready
@@ -58,7 +66,7 @@ SMAP chain endpoints
   RabbitMQ UI      http://localhost:${RABBITMQ_MGMT_PORT:-15672}  (guest/guest)
   Kafka (Tansu)    localhost:${KAFKA_PORT:-9092}
   Alert manager    http://localhost:${ALERT_API_PORT:-8002}/api/smap/alerts   (PostgreSQL :${POSTGRES_PORT:-5432})
-                   curl 'localhost:${ALERT_API_PORT:-8002}/api/smap/alerts?state=firing'
+                   curl -H "Authorization: Bearer \$SMAP_TOKEN" 'localhost:${ALERT_API_PORT:-8002}/api/smap/alerts?state=firing'
   /metrics         simulator       http://localhost:9301/metrics
                    trigger         http://localhost:9302/metrics
                    consumer        http://localhost:9304/metrics
@@ -255,6 +263,12 @@ native_start() {
     log "triton-omnianomaly/setup_models.sh not found: skipping model setup (Triton needs a repository)"
   fi
 
+  if [[ "$SMAP_AUTH" == off ]]; then
+    log "SMAP_AUTH=off: no login (local development on loopback; the page header says so)"
+  else  # a first admin with a random password, once (docs/security.md: users, roles, tokens)
+    "$VENV/bin/python" -m smap_shared.auth bootstrap --password-file "$RUN_DIR/admin-password" \
+      || PROBLEMS+=("could not create the first admin (python -m smap_shared.auth bootstrap)")
+  fi
   write_config
   log "starting supervisord ($CONF)"
   "$SUPERVISOR_BIN/supervisord" -c "$CONF"

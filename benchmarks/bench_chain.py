@@ -711,7 +711,7 @@ def wait_http(chain: Chain, name: str, url: str, timeout_s: float, ok: Callable[
 def start_alert_manager(chain: Chain, db_url: str) -> str:
     api_port = free_port()
     chain._spawn("alert-manager", [sys.executable, "smap-alert-manager/main.py"], env=chain.env(
-        ALERT_DATABASE_URL=db_url, ALERT_API_HOST="127.0.0.1", ALERT_API_PORT=str(api_port),
+        ALERT_DATABASE_URL=db_url, ALERT_API_HOST="127.0.0.1", ALERT_API_PORT=str(api_port), SMAP_AUTH="off",
         SLACK_WEBHOOK_URL="", SMTP_HOST="", ALERT_EMAIL_TO=""))
     wait_http(chain, "alert-manager", f"http://127.0.0.1:{api_port}/healthz", 90, lambda _: True)
     return f"http://127.0.0.1:{api_port}"
@@ -720,7 +720,7 @@ def start_alert_manager(chain: Chain, db_url: str) -> str:
 def start_operation_server(chain: Chain, alert_api: str) -> str:
     port = free_port()
     chain._spawn("operation-server", [sys.executable, "smap-operation-server/main.py"], env=chain.env(
-        OPERATION_HOST="127.0.0.1", OPERATION_PORT=str(port), ALERT_MANAGER_URL=alert_api))
+        OPERATION_HOST="127.0.0.1", OPERATION_PORT=str(port), ALERT_MANAGER_URL=alert_api, SMAP_AUTH="off"))
     wait_http(chain, "operation-server", f"http://127.0.0.1:{port}/healthz", 90,
               lambda body: body.get("live_feed") == "connected")
     return f"ws://127.0.0.1:{port}/ws/smap"

@@ -16,13 +16,19 @@ export SMAP_BIND_ADDRESS="${SMAP_BIND_ADDRESS:-127.0.0.1}"
 # is_loopback ADDRESS: 127.x.y.z, ::1 or localhost.
 is_loopback() { [[ "$1" == 127.* || "$1" == "::1" || "$1" == "localhost" ]]; }
 
-# A non-loopback SMAP_BIND_ADDRESS opens every port of the chain to the network, and this version has no
-# authentication of its own (docs/security.md): say so loudly, then do what was asked.
+# A non-loopback SMAP_BIND_ADDRESS opens every port of the chain to the network. The dashboard and both APIs
+# then need SMAP_AUTH=on (they refuse to start with it off); Triton, the Kafka broker, VictoriaMetrics, Flower
+# and the /metrics ports have no authentication of their own.
+export SMAP_AUTH="${SMAP_AUTH:-on}"
 warn_exposed() {
   is_loopback "$SMAP_BIND_ADDRESS" && return 0
-  log "WARNING: SMAP_BIND_ADDRESS=$SMAP_BIND_ADDRESS: the dashboard, both APIs, Triton, the Kafka broker, Flower"
-  log "WARNING: and every /metrics port listen beyond this machine WITHOUT authentication: anyone who can reach"
-  log "WARNING: them can feed telemetry, read every result and acknowledge alerts. See docs/security.md."
+  if [[ "$SMAP_AUTH" == off ]]; then
+    die "SMAP_AUTH=off with SMAP_BIND_ADDRESS=$SMAP_BIND_ADDRESS: authentication may only be off on loopback (docs/security.md)"
+  fi
+  log "WARNING: SMAP_BIND_ADDRESS=$SMAP_BIND_ADDRESS: the dashboard and both APIs require a login or a token, but"
+  log "WARNING: Triton, the Kafka broker, VictoriaMetrics, Flower and every /metrics port listen beyond this machine"
+  log "WARNING: WITHOUT authentication: anyone who can reach them can feed telemetry and read every result."
+  log "WARNING: Prefer loopback behind a TLS reverse proxy; see docs/security.md."
 }
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -4,6 +4,7 @@ the same name in upper case (e.g. KAFKA_BOOTSTRAP_SERVERS); defaults suit the na
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,25 @@ class _CelerySettings(_Settings):
     #: Streams are spread over this many ordered shard queues (one worker process each); every service
     #: that routes or consumes tasks must agree on it.
     inference_shards: int = Field(default=2, ge=1, le=64)
+
+
+class _AuthSettings(_Settings):
+    """Who may do what (smap_shared.auth, docs/security.md): the dashboard and both APIs."""
+
+    #: on: users, roles, API tokens and sessions from PostgreSQL. off: no login, everyone acts as `local-dev`
+    #: with every right; refused unless the service binds loopback (local development only).
+    smap_auth: Literal["on", "off"] = "on"
+    #: PostgreSQL of the alert history (the alert manager's) and, unless AUTH_DATABASE_URL names another, of
+    #: the users, tokens, sessions and audit log.
+    alert_database_url: str = "postgresql://postgres@127.0.0.1:5432/smap_alerts"
+    auth_database_url: str | None = None
+    auth_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    #: Mark the session cookie Secure: set it when the page is served over HTTPS (a TLS reverse proxy).
+    auth_cookie_secure: bool = False
+
+    @property
+    def users_database_url(self) -> str:
+        return self.auth_database_url or self.alert_database_url
 
 
 class SimulatorSettings(_Settings):
@@ -91,7 +111,7 @@ class TritonSettings(_Settings):
     triton_instance_kind: str = "auto"
 
 
-class OperationServerSettings(_Settings):
+class OperationServerSettings(_AuthSettings):
     """smap-operation-server: REST API over VictoriaMetrics, WebSocket live stream, the dashboard page."""
 
     operation_host: str | None = None  # None: smap_bind_address
@@ -111,14 +131,12 @@ class OperationServerSettings(_Settings):
     ws_queue_max: int = Field(default=2048, ge=1, le=1_000_000)
 
 
-class AlertManagerSettings(_Settings):
+class AlertManagerSettings(_AuthSettings):
     """smap-alert-manager: rules over the results topic, alert history in PostgreSQL, notifications."""
 
     alert_group_id: str = "smap-alert-manager"
     alert_rules_file: Path | None = None  # None: the packaged alert_rules.toml
     alerts_topic: str = "smap-alerts"
-    #: PostgreSQL holding the alert history, transitions, acknowledgements, outbox and delivery log.
-    alert_database_url: str = "postgresql://postgres@127.0.0.1:5432/smap_alerts"
     alert_api_host: str | None = None  # None: smap_bind_address
     alert_api_port: int = 8002
     #: Secrets come from the environment only; empty disables the channel.

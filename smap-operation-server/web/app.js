@@ -13,11 +13,68 @@
   };
   window.smapDashboard = state; // for the browser test and for poking around in the console
 
-  async function getJSON(url, opts) {
-    const resp = await fetch(url, opts);
+  // Who is logged in (/api/auth/me): every write echoes the session's CSRF token in X-CSRF-Token.
+  const auth = { mode: null, user: null, role: null, csrf: null };
+  state.auth = auth;
+  async function getJSON(url, opts = {}) {
+    const method = (opts.method || "GET").toUpperCase();
+    const headers = { ...(opts.headers || {}) };
+    if (method !== "GET" && auth.csrf) headers["X-CSRF-Token"] = auth.csrf;
+    const resp = await fetch(url, { ...opts, headers, credentials: "same-origin" });
     const body = await resp.json().catch(() => ({}));
+    if (resp.status === 401 && !url.startsWith("/api/auth/")) showLogin("Your session ended: log in again.");
     if (!resp.ok) throw Object.assign(new Error(body.error || resp.statusText), { status: resp.status });
     return body;
+  }
+
+  // ------------------------------------------------------------------ login
+  function showUser() {
+    const el = $("user");
+    if (auth.mode === "off") {
+      el.textContent = "auth off — local development only";
+      el.className = "badge auth-off";
+      $("logout").hidden = true;
+    } else {
+      el.textContent = `${auth.user} (${auth.role})`;
+      el.className = "muted";
+      $("logout").hidden = false;
+    }
+  }
+  function showLogin(message) {
+    $("login-error").textContent = message || "";
+    $("login").hidden = false;
+    $("login-user").focus();
+  }
+  function remember(me) { Object.assign(auth, { mode: me.auth, user: me.user, role: me.role, csrf: me.csrf_token }); }
+  // Resolves once someone is logged in (or auth is off).
+  async function ensureLogin() {
+    try {
+      remember(await getJSON("/api/auth/me"));
+      showUser();
+      return;
+    } catch (err) {
+      if (err.status !== 401) throw err;
+    }
+    showLogin("");
+    await new Promise((resolve) => {
+      $("login-form").onsubmit = async (e) => {
+        e.preventDefault();
+        try {
+          remember(await getJSON("/api/auth/login", { method: "POST", headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ username: $("login-user").value, password: $("login-password").value }) }));
+          $("login-password").value = "";
+          $("login").hidden = true;
+          showUser();
+          resolve();
+        } catch (err) {
+          $("login-error").textContent = err.message;
+        }
+      };
+    });
+  }
+  async function logout() {
+    await getJSON("/api/auth/logout", { method: "POST" }).catch(() => {});
+    location.reload();
   }
 
   // ------------------------------------------------------------------ charts
@@ -339,7 +396,7 @@
     btn.disabled = true;
     try {
       await getJSON(`/api/smap/alerts/${id}/ack`, { method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ by: "dashboard", note: "" }) });
+        body: JSON.stringify({ note: "" }) });
       await loadAlerts();
     } catch (err) {
       btn.disabled = false;
@@ -375,6 +432,8 @@
   async function main() {
     const asked = new URLSearchParams(location.search).get("window"); // e.g. /?window=24h
     if (asked in WINDOWS) { $("window").value = asked; state.windowS = WINDOWS[asked]; }
+    $("logout").onclick = () => logout();
+    await ensureLogin();
     makeCharts();
     $("satellite").onchange = (e) => selectSatellite(e.target.value).catch(showError);
     $("entity").onchange = (e) => selectEntity(e.target.value).catch(showError);

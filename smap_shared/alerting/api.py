@@ -3,8 +3,11 @@ operation server:
 
     GET  /api/smap/alerts?state=&severity=&satellite_id=&entity=&rule=&acknowledged=&limit=
     GET  /api/smap/alerts/{id}          the alert with its transitions, deliveries and acknowledgements
-    POST /api/smap/alerts/{id}/ack      {"by": "...", "note": "..."} -> the alert
-    GET  /healthz
+    POST /api/smap/alerts/{id}/ack      {"note": "..."} -> the alert (operator; the acknowledger is the caller)
+    GET  /healthz                       (public)
+
+Every route but /healthz is guarded by smap_shared.auth.web's middleware: the caller's token or session,
+checked against the same PostgreSQL. The acting user is the authenticated caller, never a body field.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import psycopg
 from aiohttp import web
 
 from smap_shared.alerting.store import SEVERITIES, STATES, AlertStore, event_of_alert
+from smap_shared.auth.web import AuthPolicy, RoutePermission, auth_middleware, principal
 from smap_shared.schemas import MAX_BODY_BYTES, AlertEvent
 
 log = logging.getLogger(__name__)
@@ -85,32 +89,35 @@ async def get_alert(request: web.Request) -> web.Response:
     return web.json_response(alert)
 
 
-def parse_ack(body: Any) -> tuple[str, str]:
-    """(by, note) of an acknowledgement body; ValueError says what is wrong."""
+def parse_ack(body: Any) -> str:
+    """The note of an acknowledgement body; ValueError says what is wrong. Who acknowledges is the
+    authenticated caller: a body that names someone ("by") is refused rather than silently overridden."""
     if not isinstance(body, dict):
-        raise ValueError('body must be a JSON object: {"by": "...", "note": "..."}')
-    by, note = body.get("by"), body.get("note", "")
-    if not isinstance(by, str) or not by.strip() or len(by) > 200:
-        raise ValueError('"by" (who acknowledges) must be a non-empty string of at most 200 characters')
+        raise ValueError('body must be a JSON object: {"note": "..."}')
+    if "by" in body:
+        raise ValueError('"by" is not accepted: the acknowledger is the logged-in user or the API token\'s owner')
+    note = body.get("note", "")
     if not isinstance(note, str) or len(note) > 2000:
         raise ValueError('"note" must be a string of at most 2000 characters')
-    return by.strip(), note
+    return note
 
 
 async def acknowledge(request: web.Request) -> web.Response:
     alert_id = _alert_id(request)
     if alert_id is None:
         return _error(400, "alert id must be a positive integer")
+    raw = await request.read()
     try:
-        by, note = parse_ack(await request.json())
+        note = parse_ack(json.loads(raw) if raw.strip() else {})
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, 'body must be JSON: {"by": "...", "note": "..."}')
+        return _error(400, 'body must be JSON: {"note": "..."}')
     except ValueError as exc:
         return _error(400, str(exc))
-    alert = await request.app[STORE].acknowledge(alert_id, by, note)
+    who = principal(request)
+    alert = await request.app[STORE].acknowledge(alert_id, who, note)
     if alert is None:
         return _error(404, f"no alert {alert_id}")
-    await request.app[PUBLISH]([event_of_alert(alert, "acknowledged", f"acknowledged by {by}")])
+    await request.app[PUBLISH]([event_of_alert(alert, "acknowledged", f"acknowledged by {who.username}")])
     return web.json_response(alert)
 
 
@@ -136,8 +143,15 @@ async def _db_errors(request: web.Request, handler: Callable[[web.Request], Awai
         return _error(503, "alert database unavailable")
 
 
-def make_app(store: AlertStore, publish: Callable[[list[AlertEvent]], Awaitable[None]]) -> web.Application:
-    app = web.Application(middlewares=[_db_errors], client_max_size=MAX_BODY_BYTES)
+#: What the alert API's routes need beyond the defaults (read for GET, admin for any other write).
+PERMISSIONS: dict[tuple[str, str], RoutePermission] = {("POST", "/api/smap/alerts/{alert_id}/ack"): "operate"}
+
+
+def make_app(store: AlertStore, publish: Callable[[list[AlertEvent]], Awaitable[None]],
+             auth: AuthPolicy) -> web.Application:
+    auth.public = auth.public | {"/healthz"}
+    auth.permissions = {**PERMISSIONS, **auth.permissions}
+    app = web.Application(middlewares=[_db_errors, auth_middleware(auth)], client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
     app[PUBLISH] = publish
     app.router.add_get("/api/smap/alerts", list_alerts)

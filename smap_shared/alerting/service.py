@@ -32,6 +32,8 @@ from smap_shared.alerting.notifiers import Notifiers, Renderer
 from smap_shared.alerting.outbox import Outbox
 from smap_shared.alerting.rules import RuleSet, load_rules
 from smap_shared.alerting.store import AlertStore, AppliedBatch, OffsetConflictError, ensure_database, migrate
+from smap_shared.auth.store import AuthStore
+from smap_shared.auth.web import AuthPolicy, check_mode, open_store
 from smap_shared.schemas import AlertEvent, utc_now
 from smap_shared.settings import AlertManagerSettings
 from smap_shared.streaming.kafka import ContiguousFetcher, commit, record_exists, settle, start_producer
@@ -144,6 +146,13 @@ async def _prepare_database(settings: AlertManagerSettings, stop: asyncio.Event)
             except TimeoutError:
                 delay = min(delay * 2, DB_BACKOFF_MAX_S)
     return False
+
+
+async def _auth_store(auth: AuthPolicy, url: str, stop: asyncio.Event) -> None:
+    pool = await open_store(auth, url, stop)
+    if pool is not None:
+        await stop.wait()
+        await pool.close()
 
 
 class AlertConsumer:
@@ -302,6 +311,8 @@ async def run_alert_manager(settings: AlertManagerSettings, stop: asyncio.Event,
                         "ALERT_EMAIL_TO): its alerts are recorded, not sent there", rule.name, ", ".join(missing))
     log.info("%d alert rule(s) enabled: %s; channels configured: %s", len(rules.enabled),
              ", ".join(r.name for r in rules.enabled), ", ".join(sorted(configured)) or "none")
+    host = settings.alert_api_host or settings.smap_bind_address
+    check_mode(settings.smap_auth, host)
     if not await _prepare_database(settings, stop):
         return
     workers = settings.alert_delivery_workers
@@ -323,12 +334,15 @@ async def run_alert_manager(settings: AlertManagerSettings, stop: asyncio.Event,
         outbox = Outbox(pool, notifiers.send, backoff_base_s=settings.alert_delivery_backoff_s,
                         backoff_max_s=settings.alert_delivery_backoff_max_s,
                         max_attempts=settings.alert_delivery_max_attempts)
-        runner = web.AppRunner(make_app(store, publisher.publish), access_log=None)
+        auth = AuthPolicy(settings.smap_auth, AuthStore(pool, settings.auth_session_hours)
+                          if settings.users_database_url == settings.alert_database_url else None)
+        if settings.smap_auth == "on" and auth.store is None:  # users in another database
+            tasks.append(asyncio.create_task(_auth_store(auth, settings.users_database_url, stop)))
+        runner = web.AppRunner(make_app(store, publisher.publish, auth), access_log=None)
         await runner.setup()
-        host = settings.alert_api_host or settings.smap_bind_address
         await web.TCPSite(runner, host, settings.alert_api_port).start()
         log.info("alert API on http://%s:%d/api/smap/alerts", host, settings.alert_api_port)
-        tasks = [asyncio.create_task(outbox.run(stop, workers)), asyncio.create_task(_outbox_gauge(outbox, stop))]
+        tasks += [asyncio.create_task(outbox.run(stop, workers)), asyncio.create_task(_outbox_gauge(outbox, stop))]
         consumer = AlertConsumer(settings, rules, store, renderer, outbox, publisher, stop)
         await consumer.run()
     finally:

@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from smap_shared.alerting.engine import LifecycleKey, LifecycleState, Transition
+from smap_shared.auth.credentials import Principal
 from smap_shared.schemas import AlertEvent, SensorContribution
 
 log = logging.getLogger(__name__)
@@ -306,14 +307,18 @@ class AlertStore:
             alert["delivery_log"] = [
                 {**r, "at": iso(r["at"])} for r in await cur.fetchall()]
             await cur.execute(
-                "SELECT by_whom, note, at FROM alert_acknowledgements WHERE alert_id = %s ORDER BY id",
+                "SELECT by_whom, note, at, auth_method FROM alert_acknowledgements WHERE alert_id = %s"
+                " ORDER BY id",
                 (alert_id,))
             alert["acknowledgements"] = [
-                {"by": r["by_whom"], "note": r["note"], "at": iso(r["at"])} for r in await cur.fetchall()]
+                {"by": r["by_whom"], "note": r["note"], "at": iso(r["at"]), "auth": r["auth_method"]}
+                for r in await cur.fetchall()]
             return alert
 
-    async def acknowledge(self, alert_id: int, by: str, note: str) -> dict[str, Any] | None:
-        """Record an acknowledgement; the alert keeps its first acknowledger. None: no such alert."""
+    async def acknowledge(self, alert_id: int, who: Principal, note: str) -> dict[str, Any] | None:
+        """Record an acknowledgement by the authenticated `who`; the alert keeps its first acknowledger.
+        None: no such alert."""
+        by = who.username
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE alerts SET acknowledged_at = COALESCE(acknowledged_at, now()),"
@@ -321,8 +326,12 @@ class AlertStore:
             if await cur.fetchone() is None:
                 return None
             await conn.execute(
-                "INSERT INTO alert_acknowledgements (alert_id, by_whom, note) VALUES (%s,%s,%s)",
-                (alert_id, by, note))
+                "INSERT INTO alert_acknowledgements (alert_id, by_whom, note, user_id, auth_method)"
+                " VALUES (%s,%s,%s,%s,%s)", (alert_id, by, note, who.user_id, who.method))
+            await conn.execute(
+                "INSERT INTO audit_log (username, user_id, method, action, target, detail)"
+                " VALUES (%s,%s,%s,'alert_acknowledged',%s,%s)",
+                (by, who.user_id, who.method, str(alert_id), Jsonb({"note": note})))
         return await self.get_alert(alert_id)
 
 

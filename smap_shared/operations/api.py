@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from smap_shared.auth.web import FORWARDED_CREDENTIALS
 from smap_shared.fleet import Fleet, FleetError
 from smap_shared.model.rules import ALARM_CAUSES
 from smap_shared.operations.params import ParamError, TimeRange, parse_lookback, parse_range, parse_time
@@ -245,6 +246,8 @@ async def _proxy(request: web.Request, method: str, path: str) -> web.Response:
     url = request.app[ALERTS_URL].rstrip("/") + path
     body = await request.read() if method == "POST" else None
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")} if body else {}
+    # The alert manager authenticates the caller itself (same users): pass their credentials on unchanged.
+    headers.update({h: request.headers[h] for h in FORWARDED_CREDENTIALS if h in request.headers})
     try:
         async with request.app[HTTP].request(method, url, params=request.query, data=body, headers=headers,
                                              timeout=aiohttp.ClientTimeout(total=5)) as resp:

@@ -17,6 +17,17 @@ from aiohttp import WSMsgType, web
 from prometheus_client import Counter, Histogram
 
 from smap_shared import schemas
+from smap_shared.auth.web import (
+    AUTH_PUBLIC,
+    AUTH_ROUTES,
+    POLICY,
+    AuthPolicy,
+    RoutePermission,
+    add_auth_routes,
+    auth_middleware,
+    check_mode,
+    open_store,
+)
 from smap_shared.data import default_source
 from smap_shared.fleet import load_fleet
 from smap_shared.operations.api import ALERTS_URL, CATALOG, HTTP, VICTORIA, Catalog, NotFoundError, add_routes
@@ -187,9 +198,24 @@ def make_catalog(settings: OperationServerSettings) -> Catalog:
     return Catalog(fleet, entity_widths(fleet, default_source(settings.smap_data_dir)))
 
 
+#: Who may call what (smap_shared.auth.web): the page and its assets are public (it shows the login), reads
+#: need `read`, writes the permission named here (`admin` where none is named).
+PUBLIC_ROUTES = frozenset({"/", "/healthz", "/api/openapi.json"}) | AUTH_PUBLIC
+PUBLIC_PREFIXES = ("/static/", "/vendor/")
+PERMISSIONS: dict[tuple[str, str], RoutePermission] = {
+    **AUTH_ROUTES,
+    ("POST", "/api/smap/alerts/{alert_id}/ack"): "operate",
+}
+
+
 def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = None,
              live_feed: bool = True) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=schemas.MAX_BODY_BYTES)
+    auth = AuthPolicy(settings.smap_auth, public=PUBLIC_ROUTES, public_prefixes=PUBLIC_PREFIXES,
+                      permissions=PERMISSIONS, cookie_secure=settings.auth_cookie_secure,
+                      session_hours=settings.auth_session_hours)
+    app = web.Application(middlewares=[json_errors, auth_middleware(auth)], client_max_size=schemas.MAX_BODY_BYTES)
+    app[POLICY] = auth
+    add_auth_routes(app)
     app[CATALOG] = catalog or make_catalog(settings)
     app[ALERTS_URL] = settings.alert_manager_url
     app[HUB] = Hub(queue_max=settings.ws_queue_max)
@@ -214,8 +240,15 @@ def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = Non
         stop = asyncio.Event()
         feed = (asyncio.create_task(run_feed(settings, app[HUB], stop, app[FEED_READY]))
                 if live_feed else None)
+        users = (asyncio.create_task(open_store(auth, settings.users_database_url, stop))
+                 if settings.smap_auth == "on" else None)
         yield
         stop.set()
+        if users is not None:
+            with contextlib.suppress(Exception):
+                pool = await asyncio.wait_for(users, 15)
+                if pool is not None:
+                    await pool.close()
         if feed is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(feed, 15)
@@ -228,10 +261,11 @@ def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = Non
 
 async def run_operation_server(settings: OperationServerSettings, stop: asyncio.Event) -> None:
     """Serve until `stop` is set."""
+    host = settings.operation_host or settings.smap_bind_address
+    check_mode(settings.smap_auth, host)
     app = make_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host = settings.operation_host or settings.smap_bind_address
     site = web.TCPSite(runner, host, settings.operation_port)
     await site.start()
     log.info("%s on http://%s:%d (VictoriaMetrics %s, Kafka %s)", SERVICE, host,

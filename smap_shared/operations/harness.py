@@ -61,6 +61,7 @@ class OperationServer:
     alert_manager_url: str = "http://127.0.0.1:1"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more settings, e.g. SMAP_AUTH, ALERT_DATABASE_URL
 
     @property
     def url(self) -> str:
@@ -74,6 +75,7 @@ class OperationServer:
             "VICTORIA_URL": self.victoria_url, "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
             "ALERT_MANAGER_URL": self.alert_manager_url, "LOG_LEVEL": "INFO",
         })
+        env.update(self.env)
         log = self.workdir / "operation-server.log"
         self.proc = spawn([sys.executable, "smap-operation-server/main.py"], log, env)
         deadline = time.monotonic() + timeout_s

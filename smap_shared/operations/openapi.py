@@ -17,7 +17,8 @@ def _resp(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     what = {400: "Bad parameters", 404: "Unknown entity or sensor", 503: "VictoriaMetrics unavailable",
-            502: "Alert manager error"}
+            502: "Alert manager error", 401: "Not authenticated", 403: "Not allowed (role, CSRF or origin)",
+            409: "Exists already"}
     return {str(c): _resp(what[c], _ERROR) for c in codes}
 
 
@@ -88,17 +89,63 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/api/smap/alerts/{alert_id}/ack": {"post": {
                 "summary": "Acknowledge an alert (proxied)", "parameters": [_ALERT_ID],
+                "description": "Needs the operator or admin role. The acknowledger is the caller (session or "
+                               "token); a body naming someone (\"by\") is refused with 400.",
                 "requestBody": {"content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"by": {"type": "string"}, "note": {"type": "string"}}}}}},
+                    "type": "object", "properties": {"note": {"type": "string", "maxLength": 2000}}}}}},
                 "responses": {"200": _resp("The acknowledged alert", {"type": "object"}),
-                              **_errors(400, 404, 503)},
+                              **_errors(400, 401, 403, 404, 503)},
+            }},
+            "/api/auth/me": {"get": {
+                "summary": "Who you are: user, role, and the CSRF token every cookie-authenticated write echoes "
+                           "in X-CSRF-Token (auth: off in local development)",
+                "responses": {"200": _resp("You", {"$ref": "#/components/schemas/Me"}), **_errors(401)},
+            }},
+            "/api/auth/login": {"post": {
+                "summary": "Log in: sets the HttpOnly, SameSite=Strict session cookie smap_session",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["username", "password"],
+                    "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}}}},
+                "responses": {"200": _resp("You", {"$ref": "#/components/schemas/Me"}), **_errors(400, 401, 403)},
+            }},
+            "/api/auth/logout": {"post": {"summary": "End this session",
+                                          "responses": {"200": _resp("Logged out", {"type": "object"})}}},
+            "/api/auth/users": {
+                "get": {"summary": "Users (admin)", "responses": {"200": _resp("Users", {"type": "object"}),
+                                                                   **_errors(401, 403)}},
+                "post": {"summary": "Add a user (admin): username, role (viewer, operator, ingest, admin), "
+                                    "password (optional: token-only)",
+                         "responses": {"201": _resp("The user", {"type": "object"}),
+                                       **_errors(400, 401, 403, 409)}},
+            },
+            "/api/auth/tokens": {"post": {
+                "summary": "A new API token (shown once; only its scrypt hash is kept): for yourself, or for "
+                           "any user (admin). Send it as Authorization: Bearer <token>.",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "username": {"type": "string"}}}}}},
+                "responses": {"201": _resp("The token", {"type": "object"}), **_errors(400, 401, 403)},
+            }},
+            "/api/auth/audit": {"get": {
+                "summary": "The audit log, newest first (admin): logins, users, tokens, acknowledgements",
+                "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "default": 100}}],
+                "responses": {"200": _resp("Audit entries", {"type": "object"}), **_errors(400, 401, 403)},
             }},
             "/api/openapi.json": {"get": {"summary": "This document",
                                           "responses": {"200": _resp("OpenAPI", {"type": "object"})}}},
             "/healthz": {"get": {"summary": "Liveness, with VictoriaMetrics reachability and feed state",
                                  "responses": {"200": _resp("Health", {"type": "object"})}}},
         },
-        "components": {"schemas": {
+        "security": [{"bearer": []}, {"session": []}],
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "An API token (smap_<id>_<secret>)"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "smap_session",
+                        "description": "The page's login; writes also need the X-CSRF-Token header"},
+        }, "schemas": {
+            "Me": {"type": "object", "required": ["auth", "user", "role"], "properties": {
+                "auth": {"enum": ["on", "off"]}, "user": {"type": "string"},
+                "role": {"enum": ["viewer", "operator", "ingest", "admin"]},
+                "method": {"enum": ["session", "token", "off"]}, "csrf_token": {"type": ["string", "null"]}}},
             "Error": {"type": "object", "required": ["error", "status"],
                       "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
             "EntityStatus": {"type": "object", "required": ["state", "anomaly_score", "timestamp"], "properties": {

@@ -15,6 +15,7 @@ from alert_harness import query, throwaway_database
 from smap_shared.alerting.engine import Engine, LifecycleKey, LifecycleState, Transition
 from smap_shared.alerting.rules import load_rules
 from smap_shared.alerting.store import AlertStore, OffsetConflictError, migrate, migrations
+from smap_shared.auth.credentials import Principal
 from smap_shared.schemas import InferenceResult
 
 pytestmark = pytest.mark.integration
@@ -46,10 +47,11 @@ def db() -> Iterator[str]:
 def test_migrations_are_versioned_and_applied_once(db: str) -> None:
     assert asyncio.run(migrate(db)) == []
     assert query(db, "SELECT version, name FROM schema_migrations ORDER BY version") == [
-        (1, "alert_history"), (2, "alarm_causes")]
+        (1, "alert_history"), (2, "alarm_causes"), (3, "users_sessions_audit")]
     tables = {t for (t,) in query(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"alerts", "alert_transitions", "alert_acknowledgements", "notification_outbox", "delivery_log",
-            "lifecycle_states", "consumer_offsets", "schema_migrations"} <= tables
+            "lifecycle_states", "consumer_offsets", "schema_migrations", "users", "api_tokens", "sessions",
+            "audit_log"} <= tables
 
 
 async def _batch(url: str, believed: int | None, flags: str) -> Any:
@@ -90,10 +92,12 @@ def test_acknowledgement_keeps_the_first_and_records_every_one(db: str) -> None:
         from psycopg_pool import AsyncConnectionPool
 
         async with AsyncConnectionPool(db, min_size=1, max_size=1) as pool:
-            return await AlertStore(pool).acknowledge(1, by, f"note of {by}")
+            return await AlertStore(pool).acknowledge(1, Principal(by, "operator", "token"), f"note of {by}")
 
     first, second = asyncio.run(ack("ann")), asyncio.run(ack("bob"))
     assert first["acknowledged_by"] == second["acknowledged_by"] == "ann"
     assert [a["by"] for a in second["acknowledgements"]] == ["ann", "bob"]
     assert asyncio.run(ack("x")) is not None
     assert query(db, "SELECT count(*) FROM alert_acknowledgements") == [(3,)]
+    assert query(db, "SELECT username, action, target FROM audit_log ORDER BY id") == [
+        (who, "alert_acknowledged", "1") for who in ("ann", "bob", "x")]

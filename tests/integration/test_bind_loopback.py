@@ -15,6 +15,8 @@ import ipaddress
 import os
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,7 +92,8 @@ def is_loopback(address: str) -> bool:
 
 @pytest.fixture(scope="module")
 def started_system() -> Iterator[None]:
-    env = {k: v for k, v in os.environ.items() if k != "SMAP_BIND_ADDRESS"}  # the default, as a user has it
+    # the defaults, as a user has them: loopback, authentication on
+    env = {k: v for k, v in os.environ.items() if k not in ("SMAP_BIND_ADDRESS", "SMAP_AUTH")}
     env.update(SIMULATOR_INTERVAL_S="5", TRITON_WAIT_S="240")
     pidfile = RUN / "supervisord.pid"
     already = pidfile.exists() and (Path("/proc") / pidfile.read_text().strip()).exists()
@@ -119,19 +122,41 @@ def test_no_socket_of_the_project_listens_beyond_loopback(started_system: None) 
     assert not exposed, f"listening beyond loopback: {exposed}"
 
 
+def test_the_started_system_requires_a_login(started_system: None) -> None:
+    """With the defaults the dashboard's API and the alert API answer 401 to anonymous callers, and a token
+    made with the administrator's CLI for the first admin (start-smap.sh created it) is let in."""
+    for url in ("http://127.0.0.1:8000/api/smap/satellites", "http://127.0.0.1:8002/api/smap/alerts"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401, url
+    token = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "smap_shared.auth", "create-token", "admin",
+                            "--name", "test_bind_loopback"], check=True, cwd=ROOT, capture_output=True, text=True,
+                           timeout=60).stdout.strip()
+    for url in ("http://127.0.0.1:8000/api/smap/satellites", "http://127.0.0.1:8002/api/smap/alerts"):
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200, url
+
+
 def test_a_non_loopback_bind_address_is_warned_about() -> None:
     """start-smap.sh's first step (scripts/lib.sh's warn_exposed) says so, loudly, for an address beyond
     loopback, and says nothing for loopback or when the variable is unset."""
 
-    def warned(value: str | None) -> str:
-        env = {k: v for k, v in os.environ.items() if k != "SMAP_BIND_ADDRESS"}
+    def warned(value: str | None, auth: str | None = None, rc: int = 0) -> str:
+        env = {k: v for k, v in os.environ.items() if k not in ("SMAP_BIND_ADDRESS", "SMAP_AUTH")}
         if value is not None:
             env["SMAP_BIND_ADDRESS"] = value
+        if auth is not None:
+            env["SMAP_AUTH"] = auth
         out = subprocess.run(["bash", "-c", "source scripts/lib.sh; warn_exposed"], check=False, cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
+        assert out.returncode == rc, out.stderr
         return out.stderr
 
     assert "WARNING: SMAP_BIND_ADDRESS=0.0.0.0" in warned("0.0.0.0")
+    assert "Triton, the Kafka broker" in warned("0.0.0.0")
+    # no login beyond loopback is refused before anything starts
+    assert "authentication may only be off on loopback" in warned("0.0.0.0", auth="off", rc=1)
+    assert warned("127.0.0.1", auth="off") == ""
     assert "WARNING: SMAP_BIND_ADDRESS=10.1.2.3" in warned("10.1.2.3")
     assert warned("127.0.0.1") == warned("::1") == warned(None) == ""
