@@ -39,7 +39,9 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 2**14, 8, 1, 32
 
 
 def allows(role: str, permission: Permission) -> bool:
-    """>>> allows("operator", "operate"), allows("viewer", "operate"), allows("ingest", "read")
+    """What `role` is granted.
+
+    >>> allows("operator", "operate"), allows("viewer", "operate"), allows("ingest", "read")
     (True, False, False)
     """
     return role in GRANTS and permission in GRANTS[role]  # type: ignore[index]
@@ -92,6 +94,8 @@ def verify_secret(secret: str, encoded: str) -> bool:
         if kind != "scrypt":
             return False
         expected = _unb64(digest)
+        if len(expected) < SCRYPT_LEN:
+            return False
         got = hashlib.scrypt(secret.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p),
                              dklen=len(expected), maxmem=64 * 1024 * 1024)
     except (ValueError, TypeError):
@@ -134,7 +138,9 @@ def session_digest(sid: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    """>>> [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.5")]
+    """An address only this machine reaches.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.5")]
     [True, True, True, False, False]
     """
     if host == "localhost":
