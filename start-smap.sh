@@ -43,7 +43,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 # ---------------------------------------------------------------------------------------------- urls
 login_hint() {
-  if [[ "$SMAP_AUTH" == off ]]; then echo "(SMAP_AUTH=off: no login)"
+  if [[ "${SMAP_AUTH:-on}" == off ]]; then echo "(SMAP_AUTH=off: no login)"
   elif [[ -f "$RUN_DIR/admin-password" ]]; then echo "(first login: admin, password in ${RUN_DIR#"$ROOT"/}/admin-password)"
   else echo "(log in with your user; tokens: python -m smap_shared.auth create-token NAME)"; fi
 }
@@ -263,7 +263,7 @@ native_start() {
     log "triton-omnianomaly/setup_models.sh not found: skipping model setup (Triton needs a repository)"
   fi
 
-  if [[ "$SMAP_AUTH" == off ]]; then
+  if [[ "${SMAP_AUTH:-on}" == off ]]; then
     log "SMAP_AUTH=off: no login (local development on loopback; the page header says so)"
   else  # a first admin with a random password, once (docs/security.md: users, roles, tokens)
     "$VENV/bin/python" -m smap_shared.auth bootstrap --password-file "$RUN_DIR/admin-password" \

@@ -19,10 +19,9 @@ is_loopback() { [[ "$1" == 127.* || "$1" == "::1" || "$1" == "localhost" ]]; }
 # A non-loopback SMAP_BIND_ADDRESS opens every port of the chain to the network. The dashboard and both APIs
 # then need SMAP_AUTH=on (they refuse to start with it off); Triton, the Kafka broker, VictoriaMetrics, Flower
 # and the /metrics ports have no authentication of their own.
-export SMAP_AUTH="${SMAP_AUTH:-on}"
 warn_exposed() {
   is_loopback "$SMAP_BIND_ADDRESS" && return 0
-  if [[ "$SMAP_AUTH" == off ]]; then
+  if [[ "${SMAP_AUTH:-on}" == off ]]; then
     die "SMAP_AUTH=off with SMAP_BIND_ADDRESS=$SMAP_BIND_ADDRESS: authentication may only be off on loopback (docs/security.md)"
   fi
   log "WARNING: SMAP_BIND_ADDRESS=$SMAP_BIND_ADDRESS: the dashboard and both APIs require a login or a token, but"

@@ -13,9 +13,10 @@ from smap_shared.model.train import TrainConfig, train_entity
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# The services the tests start bind loopback and run in the development mode without login, unless a test
-# turns authentication on for its own services (tests/integration/test_auth.py, test_bind_loopback.py).
-os.environ.setdefault("SMAP_AUTH", "off")
+# The services the tests start bind loopback and run in the development mode without login, whatever the
+# caller's shell says, unless a test turns authentication on for its own services (tests/integration/
+# test_auth.py, test_bind_loopback.py).
+os.environ["SMAP_AUTH"] = "off"
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ operation server:
     GET  /api/smap/alerts?state=&severity=&satellite_id=&entity=&rule=&acknowledged=&limit=
     GET  /api/smap/alerts/{id}          the alert with its transitions, deliveries and acknowledgements
     POST /api/smap/alerts/{id}/ack      {"note": "..."} -> the alert (operator; the acknowledger is the caller)
+    POST /api/smap/alerts/{id}/verdict  {"verdict": "true_anomaly|false_alarm|rare_nominal_event", "comment"}
+    GET  /api/smap/verdicts/labeled_anomalies.csv?satellite_id=   true anomalies as telemanom labels
     GET  /healthz                       (public)
 
 Every route but /healthz is guarded by smap_shared.auth.web's middleware: the caller's token or session,
@@ -12,6 +14,8 @@ checked against the same PostgreSQL. The acting user is the authenticated caller
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,7 +24,14 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
-from smap_shared.alerting.store import SEVERITIES, STATES, AlertStore, event_of_alert
+from smap_shared.alerting.store import (
+    LABEL_COLUMNS,
+    SEVERITIES,
+    STATES,
+    VERDICTS,
+    AlertStore,
+    event_of_alert,
+)
 from smap_shared.auth.web import AuthPolicy, RoutePermission, auth_middleware, principal
 from smap_shared.schemas import MAX_BODY_BYTES, AlertEvent
 
@@ -121,6 +132,44 @@ async def acknowledge(request: web.Request) -> web.Response:
     return web.json_response(alert)
 
 
+def parse_verdict(body: Any) -> tuple[str, str]:
+    """(verdict, comment) of a verdict body; ValueError says what is wrong."""
+    if not isinstance(body, dict) or body.get("verdict") not in VERDICTS:
+        raise ValueError(f'body must be {{"verdict": one of {", ".join(VERDICTS)}, "comment": "..."}}')
+    if "by" in body:
+        raise ValueError('"by" is not accepted: the verdict is the logged-in user\'s or the API token owner\'s')
+    comment = body.get("comment", "")
+    if not isinstance(comment, str) or len(comment) > 2000:
+        raise ValueError('"comment" must be a string of at most 2000 characters')
+    return body["verdict"], comment
+
+
+async def verdict(request: web.Request) -> web.Response:
+    alert_id = _alert_id(request)
+    if alert_id is None:
+        return _error(400, "alert id must be a positive integer")
+    try:
+        value, comment = parse_verdict(json.loads(await request.read()))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, 'body must be JSON: {"verdict": "...", "comment": "..."}')
+    except ValueError as exc:
+        return _error(400, str(exc))
+    alert = await request.app[STORE].record_verdict(alert_id, principal(request), value, comment)
+    if alert is None:
+        return _error(404, f"no alert {alert_id}")
+    return web.json_response(alert)
+
+
+async def verdict_labels(request: web.Request) -> web.Response:
+    rows = await request.app[STORE].verdict_labels(request.query.get("satellite_id") or None)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=LABEL_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return web.Response(text=out.getvalue(), content_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="labeled_anomalies.csv"'})
+
+
 async def healthz(request: web.Request) -> web.Response:
     try:
         await request.app[STORE].list_alerts({}, 1)
@@ -144,7 +193,10 @@ async def _db_errors(request: web.Request, handler: Callable[[web.Request], Awai
 
 
 #: What the alert API's routes need beyond the defaults (read for GET, admin for any other write).
-PERMISSIONS: dict[tuple[str, str], RoutePermission] = {("POST", "/api/smap/alerts/{alert_id}/ack"): "operate"}
+PERMISSIONS: dict[tuple[str, str], RoutePermission] = {
+    ("POST", "/api/smap/alerts/{alert_id}/ack"): "operate",
+    ("POST", "/api/smap/alerts/{alert_id}/verdict"): "operate",
+}
 
 
 def make_app(store: AlertStore, publish: Callable[[list[AlertEvent]], Awaitable[None]],
@@ -157,5 +209,7 @@ def make_app(store: AlertStore, publish: Callable[[list[AlertEvent]], Awaitable[
     app.router.add_get("/api/smap/alerts", list_alerts)
     app.router.add_get("/api/smap/alerts/{alert_id}", get_alert)
     app.router.add_post("/api/smap/alerts/{alert_id}/ack", acknowledge)
+    app.router.add_post("/api/smap/alerts/{alert_id}/verdict", verdict)
+    app.router.add_get("/api/smap/verdicts/labeled_anomalies.csv", verdict_labels)
     app.router.add_get("/healthz", healthz)
     return app

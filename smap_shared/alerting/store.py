@@ -7,6 +7,7 @@ to those offsets on start, so after any crash every record is applied exactly on
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -36,6 +37,9 @@ ALERT_COLUMNS = (
     "alarm_causes, started_at, fired_at, resolved_at, acknowledged_at, acknowledged_by, notified"
 )
 STATES = ("pending", "firing", "resolved")
+#: An operator's judgement of an alert (ESA's anomaly-detection benchmark's categories).
+VERDICTS = ("true_anomaly", "false_alarm", "rare_nominal_event")
+LABEL_COLUMNS = ("chan_id", "spacecraft", "anomaly_sequences", "class", "num_values")
 SEVERITIES = ("info", "warning", "critical")
 
 
@@ -313,6 +317,13 @@ class AlertStore:
             alert["acknowledgements"] = [
                 {"by": r["by_whom"], "note": r["note"], "at": iso(r["at"]), "auth": r["auth_method"]}
                 for r in await cur.fetchall()]
+            await cur.execute(
+                "SELECT verdict, comment, by_whom, auth_method, at FROM alert_verdicts WHERE alert_id = %s"
+                " ORDER BY id", (alert_id,))
+            alert["verdicts"] = [
+                {"verdict": r["verdict"], "comment": r["comment"], "by": r["by_whom"], "auth": r["auth_method"],
+                 "at": iso(r["at"])} for r in await cur.fetchall()]
+            alert["verdict"] = alert["verdicts"][-1]["verdict"] if alert["verdicts"] else None
             return alert
 
     async def acknowledge(self, alert_id: int, who: Principal, note: str) -> dict[str, Any] | None:
@@ -333,6 +344,49 @@ class AlertStore:
                 " VALUES (%s,%s,%s,'alert_acknowledged',%s,%s)",
                 (by, who.user_id, who.method, str(alert_id), Jsonb({"note": note})))
         return await self.get_alert(alert_id)
+
+
+    async def record_verdict(self, alert_id: int, who: Principal, verdict: str, comment: str
+                             ) -> dict[str, Any] | None:
+        """Record `who`'s verdict (the latest is the alert's; every one is kept and audited). None: no alert."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}")
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT 1 FROM alerts WHERE id = %s", (alert_id,))
+            if await cur.fetchone() is None:
+                return None
+            await conn.execute(
+                "INSERT INTO alert_verdicts (alert_id, verdict, comment, by_whom, user_id, auth_method)"
+                " VALUES (%s,%s,%s,%s,%s,%s)", (alert_id, verdict, comment, who.username, who.user_id, who.method))
+            await conn.execute(
+                "INSERT INTO audit_log (username, user_id, method, action, target, detail)"
+                " VALUES (%s,%s,%s,'verdict_recorded',%s,%s)",
+                (who.username, who.user_id, who.method, str(alert_id), Jsonb({"verdict": verdict,
+                                                                               "comment": comment})))
+        return await self.get_alert(alert_id)
+
+    async def verdict_labels(self, satellite_id: str | None = None) -> list[dict[str, str]]:
+        """Rows of telemanom's labeled_anomalies.csv from the alerts whose latest verdict is true_anomaly:
+        chan_id = entity, spacecraft = satellite, one [first, last] frame-index interval per alert (last: the
+        frame before it resolved, or its latest transition while still open); num_values is left empty (the
+        channel's length is the data's, not the alert's)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT a.entity, a.satellite_id, a.first_index,"
+                " COALESCE((SELECT t.frame_index - 1 FROM alert_transitions t WHERE t.alert_id = a.id"
+                "           AND t.to_state = 'resolved' ORDER BY t.id DESC LIMIT 1),"
+                "          (SELECT max(t.frame_index) FROM alert_transitions t WHERE t.alert_id = a.id))"
+                " FROM alerts a JOIN LATERAL (SELECT v.verdict FROM alert_verdicts v WHERE v.alert_id = a.id"
+                "                            ORDER BY v.id DESC LIMIT 1) v ON true"
+                " WHERE v.verdict = 'true_anomaly' AND (%s::text IS NULL OR a.satellite_id = %s)"
+                " ORDER BY a.satellite_id, a.entity, a.first_index", (satellite_id, satellite_id))
+            rows = await cur.fetchall()
+        grouped: dict[tuple[str, str], list[list[int]]] = {}
+        for entity, sat, first, last in rows:
+            grouped.setdefault((entity, sat), []).append([int(first), int(max(first, last))])
+        return [{"chan_id": entity, "spacecraft": sat, "anomaly_sequences": json.dumps(spans),
+                 "class": "[" + ", ".join(["operator_verdict"] * len(spans)) + "]", "num_values": ""}
+                for (entity, sat), spans in grouped.items()]
 
 
 def event_of_alert(alert: Mapping[str, Any], event: str, message: str = "") -> AlertEvent:

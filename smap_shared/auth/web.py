@@ -39,7 +39,7 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Headers the operation server forwards to the alert manager, which authenticates the caller itself.
 FORWARDED_CREDENTIALS = (hdrs.AUTHORIZATION, hdrs.COOKIE, CSRF_HEADER)
-PRINCIPAL_KEY = "smap_principal"
+PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("smap_principal", Principal)
 Mode = Literal["on", "off"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: "any": any authenticated caller, whatever the role (e.g. logging out).

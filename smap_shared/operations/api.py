@@ -271,6 +271,14 @@ async def alert_ack(request: web.Request) -> web.Response:
     return await _proxy(request, "POST", f"/api/smap/alerts/{_alert_id(request)}/ack")
 
 
+async def alert_verdict(request: web.Request) -> web.Response:
+    return await _proxy(request, "POST", f"/api/smap/alerts/{_alert_id(request)}/verdict")
+
+
+async def verdict_labels(request: web.Request) -> web.Response:
+    return await _proxy(request, "GET", "/api/smap/verdicts/labeled_anomalies.csv")
+
+
 def _alert_id(request: web.Request) -> int:
     raw = request.match_info["alert_id"]
     if not raw.isdigit():
@@ -287,3 +295,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/smap/alerts", alerts_list)
     app.router.add_get("/api/smap/alerts/{alert_id}", alert_detail)
     app.router.add_post("/api/smap/alerts/{alert_id}/ack", alert_ack)
+    app.router.add_post("/api/smap/alerts/{alert_id}/verdict", alert_verdict)
+    app.router.add_get("/api/smap/verdicts/labeled_anomalies.csv", verdict_labels)

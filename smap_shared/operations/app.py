@@ -205,6 +205,7 @@ PUBLIC_PREFIXES = ("/static/", "/vendor/")
 PERMISSIONS: dict[tuple[str, str], RoutePermission] = {
     **AUTH_ROUTES,
     ("POST", "/api/smap/alerts/{alert_id}/ack"): "operate",
+    ("POST", "/api/smap/alerts/{alert_id}/verdict"): "operate",
 }
 
 

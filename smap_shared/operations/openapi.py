@@ -96,6 +96,25 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _resp("The acknowledged alert", {"type": "object"}),
                               **_errors(400, 401, 403, 404, 503)},
             }},
+            "/api/smap/alerts/{alert_id}/verdict": {"post": {
+                "summary": "Judge an alert (proxied; operator or admin): true_anomaly, false_alarm or "
+                           "rare_nominal_event, with a comment. Every verdict is kept; the latest is the alert's.",
+                "parameters": [_ALERT_ID],
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["verdict"], "properties": {
+                        "verdict": {"enum": ["true_anomaly", "false_alarm", "rare_nominal_event"]},
+                        "comment": {"type": "string", "maxLength": 2000}}}}}},
+                "responses": {"200": _resp("The alert with its verdicts", {"type": "object"}),
+                              **_errors(400, 401, 403, 404, 503)},
+            }},
+            "/api/smap/verdicts/labeled_anomalies.csv": {"get": {
+                "summary": "Alerts judged true anomalies as labels in telemanom's labeled_anomalies.csv layout "
+                           "(chan_id = entity, spacecraft = satellite; proxied)",
+                "parameters": [{"name": "satellite_id", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "CSV",
+                                      "content": {"text/csv": {"schema": {"type": "string"}}}},
+                              **_errors(401, 403, 503)},
+            }},
             "/api/auth/me": {"get": {
                 "summary": "Who you are: user, role, and the CSRF token every cookie-authenticated write echoes "
                            "in X-CSRF-Token (auth: off in local development)",

@@ -5,6 +5,8 @@ results produced to a private Tansu broker, and VictoriaMetrics behind the opera
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import os
 import subprocess
@@ -33,6 +35,7 @@ from alert_harness import (
 from kafka_io import produce
 
 from smap_shared.auth.credentials import verify_secret
+from smap_shared.data.labels import Interval, parse_labelled
 from smap_shared.infra.chain import REPO_ROOT
 from smap_shared.infra.ports import free_port
 from smap_shared.operations.harness import OperationServer, Victoria
@@ -321,3 +324,40 @@ def test_an_operator_logs_in_on_the_page_and_acknowledges_in_chromium(stack: Sta
     assert errors == []
     assert query(stack.db, "SELECT by_whom, user_id, auth_method FROM alert_acknowledgements WHERE alert_id = %s",
                  (alert,)) == [("otto", stack.user_ids["otto"], "session")]
+
+
+def test_verdicts_are_attributed_and_export_as_telemanom_labels(stack: Stack) -> None:
+    alert = stack.alert_ids["SAT-002"]
+    url = f"{stack.api}/api/smap/alerts/{alert}/verdict"
+    assert call(url, "POST", {"verdict": "true_anomaly"})[0] == 401
+    assert call(url, "POST", {"verdict": "true_anomaly"}, bearer(stack.tokens["vera"]))[0] == 403
+    status, body, _ = call(url, "POST", {"verdict": "maybe"}, bearer(stack.tokens["otto"]))
+    assert status == 400 and "true_anomaly" in body["error"]
+    assert call(url, "POST", {"verdict": "false_alarm", "by": "x"}, bearer(stack.tokens["otto"]))[0] == 400
+    assert call(f"{stack.api}/api/smap/alerts/999999/verdict", "POST", {"verdict": "false_alarm"},
+                bearer(stack.tokens["otto"]))[0] == 404
+    status, judged, _ = call(url, "POST", {"verdict": "false_alarm", "comment": "a manoeuvre"},
+                             bearer(stack.tokens["otto"]))
+    assert status == 200 and judged["verdict"] == "false_alarm"
+    status, judged, _ = call(url, "POST", {"verdict": "true_anomaly", "comment": "confirmed by ops"},
+                             bearer(stack.tokens["ada"]))
+    assert status == 200 and judged["verdict"] == "true_anomaly"
+    assert [(v["verdict"], v["by"], v["auth"]) for v in judged["verdicts"]] == [
+        ("false_alarm", "otto", "token"), ("true_anomaly", "ada", "token")]
+    # a false alarm on another satellite is not a label
+    other = f"{stack.api}/api/smap/alerts/{stack.alert_ids['SAT-003']}/verdict"
+    assert call(other, "POST", {"verdict": "false_alarm"}, bearer(stack.tokens["otto"]))[0] == 200
+    req = urllib.request.Request(f"{stack.api}/api/smap/verdicts/labeled_anomalies.csv",
+                                 headers=bearer(stack.tokens["vera"]))
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/csv")
+        text = resp.read().decode()
+    [(first, last)] = query(stack.db, "SELECT first_index, max(t.frame_index) FROM alerts a"
+                            " JOIN alert_transitions t ON t.alert_id = a.id WHERE a.id = %s GROUP BY first_index",
+                            (alert,))
+    assert text.splitlines() == ["chan_id,spacecraft,anomaly_sequences,class,num_values",
+                                 f'A-1,SAT-002,"[[{first}, {last}]]",[operator_verdict],']
+    # the project's own label loader reads it (the evaluation CLI's labels)
+    labelled = parse_labelled(csv.DictReader(io.StringIO(text)))
+    assert labelled == {"A-1": ("SAT-002", [Interval(first, last)])}
+    assert (first, last) == (2, 4)  # pending at the first hot frame (2), firing at the third (4), still open
