@@ -74,10 +74,12 @@ up_rabbitmq() {
   # The install may have started it (invoke-rc.d): check again before starting our own.
   if ! port_open "$RABBITMQ_PORT"; then
     # The Debian wrappers switch to the rabbitmq user themselves when called as root.
-    # AMQP on SMAP_BIND_ADDRESS (loopback by default); epmd too. The management UI's listener is not moved
-    # yet (docs/security.md: known gaps).
+    # AMQP on SMAP_BIND_ADDRESS (loopback by default); epmd too; and the management UI (enabled below), whose
+    # listener is the application environment rabbitmq_management.tcp_config, given on the node's command line.
     as_root env RABBITMQ_NODE_PORT="$RABBITMQ_PORT" RABBITMQ_NODE_IP_ADDRESS="$SMAP_BIND_ADDRESS" \
-      ERL_EPMD_ADDRESS="$SMAP_BIND_ADDRESS" rabbitmq-server -detached
+      ERL_EPMD_ADDRESS="$SMAP_BIND_ADDRESS" \
+      RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-rabbitmq_management tcp_config [{ip,\"$SMAP_BIND_ADDRESS\"},{port,$RABBITMQ_MGMT_PORT}]" \
+      rabbitmq-server -detached
     record rabbitmq - "$RABBITMQ_PORT"
   fi
   wait_port rabbitmq "$RABBITMQ_PORT" 120
