@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from smap_shared.alerting.engine import LifecycleKey, LifecycleState, Transition
 from smap_shared.auth.credentials import Principal
+from smap_shared.auth.store import insert_audit
 from smap_shared.schemas import AlertEvent, SensorContribution
 
 log = logging.getLogger(__name__)
@@ -339,10 +340,7 @@ class AlertStore:
             await conn.execute(
                 "INSERT INTO alert_acknowledgements (alert_id, by_whom, note, user_id, auth_method)"
                 " VALUES (%s,%s,%s,%s,%s)", (alert_id, by, note, who.user_id, who.method))
-            await conn.execute(
-                "INSERT INTO audit_log (username, user_id, method, action, target, detail)"
-                " VALUES (%s,%s,%s,'alert_acknowledged',%s,%s)",
-                (by, who.user_id, who.method, str(alert_id), Jsonb({"note": note})))
+            await insert_audit(conn, who, "alert_acknowledged", str(alert_id), {"note": note})
         return await self.get_alert(alert_id)
 
 
@@ -358,11 +356,8 @@ class AlertStore:
             await conn.execute(
                 "INSERT INTO alert_verdicts (alert_id, verdict, comment, by_whom, user_id, auth_method)"
                 " VALUES (%s,%s,%s,%s,%s,%s)", (alert_id, verdict, comment, who.username, who.user_id, who.method))
-            await conn.execute(
-                "INSERT INTO audit_log (username, user_id, method, action, target, detail)"
-                " VALUES (%s,%s,%s,'verdict_recorded',%s,%s)",
-                (who.username, who.user_id, who.method, str(alert_id), Jsonb({"verdict": verdict,
-                                                                               "comment": comment})))
+            await insert_audit(conn, who, "verdict_recorded", str(alert_id),
+                               {"verdict": verdict, "comment": comment})
         return await self.get_alert(alert_id)
 
     async def verdict_labels(self, satellite_id: str | None = None) -> list[dict[str, str]]:

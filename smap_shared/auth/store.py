@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -34,6 +35,16 @@ from smap_shared.auth.credentials import (
 
 HASH_CONCURRENCY = 2
 TOKEN_CACHE_S = 30.0
+
+
+async def insert_audit(conn: AsyncConnection[Any], who: Principal | None, action: str, target: str = "",
+                       detail: dict[str, Any] | None = None, *, username: str | None = None) -> None:
+    """One audit_log row on `conn`, so an action and its record commit in the same transaction."""
+    await conn.execute(
+        "INSERT INTO audit_log (username, user_id, method, action, target, detail)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (username or (who.username if who else "anonymous"), who.user_id if who else None,
+         who.method if who else "anonymous", action, target, Jsonb(detail or {})))
 
 
 class AuthError(ValueError):
@@ -195,11 +206,7 @@ class AuthStore:
     async def audit(self, who: Principal | None, action: str, target: str = "",
                     detail: dict[str, Any] | None = None, *, username: str | None = None) -> None:
         async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO audit_log (username, user_id, method, action, target, detail)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (username or (who.username if who else "anonymous"), who.user_id if who else None,
-                 who.method if who else "anonymous", action, target, Jsonb(detail or {})))
+            await insert_audit(conn, who, action, target, detail, username=username)
 
     async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:

@@ -17,6 +17,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import Counter, Histogram
 
 from smap_shared import schemas
+from smap_shared.alerting.api import PERMISSIONS as ALERT_PERMISSIONS
 from smap_shared.auth.web import (
     AUTH_PUBLIC,
     AUTH_ROUTES,
@@ -202,11 +203,8 @@ def make_catalog(settings: OperationServerSettings) -> Catalog:
 #: need `read`, writes the permission named here (`admin` where none is named).
 PUBLIC_ROUTES = frozenset({"/", "/healthz", "/api/openapi.json"}) | AUTH_PUBLIC
 PUBLIC_PREFIXES = ("/static/", "/vendor/")
-PERMISSIONS: dict[tuple[str, str], RoutePermission] = {
-    **AUTH_ROUTES,
-    ("POST", "/api/smap/alerts/{alert_id}/ack"): "operate",
-    ("POST", "/api/smap/alerts/{alert_id}/verdict"): "operate",
-}
+#: The proxied alert routes need what the alert manager itself asks for (it checks again).
+PERMISSIONS: dict[tuple[str, str], RoutePermission] = {**AUTH_ROUTES, **ALERT_PERMISSIONS}
 
 
 def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = None,
