@@ -218,7 +218,7 @@ class AlertEvent(_Frozen):
     and forwarded to dashboard clients on the WebSocket."""
 
     type: Literal["smap_alert"] = "smap_alert"
-    event: Literal["pending", "firing", "resolved", "acknowledged"]
+    event: Literal["pending", "firing", "resolved", "acknowledged", "shelved", "unshelved"]
     alert_id: int
     rule: str
     severity: AlertSeverity
@@ -235,4 +235,5 @@ class AlertEvent(_Frozen):
     started_at: UtcDatetime  # first frame of the condition
     at: UtcDatetime  # when this event happened (frame timestamp)
     acknowledged: bool = False
+    shelved: bool = False  # an active shelf covers the alert: recorded, its notifications held
     message: str = ""

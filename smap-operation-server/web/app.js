@@ -355,7 +355,23 @@
     if (ev.event === "resolved") a.resolved_at = ev.at;
     if (ev.event === "acknowledged" || ev.acknowledged) a.acknowledged_at = a.acknowledged_at || ev.at;
     state.alerts.set(ev.alert_id, a);
-    renderAlerts();
+    // a shelve or unshelve elsewhere: the event says that it happened, the API says by which shelf
+    if (ev.event === "shelved" || ev.event === "unshelved" || ev.shelved !== !!a.shelved) loadAlerts();
+    else renderAlerts();
+  }
+  const SHELVE_FOR = [["15 min", 900], ["1 h", 3600], ["8 h", 28800], ["24 h", 86400], ["until unshelved", null]];
+  const VERDICTS = [["true_anomaly", "true anomaly"], ["false_alarm", "false alarm"],
+    ["rare_nominal_event", "rare nominal event"]];
+  const mayOperate = () => auth.role === "operator" || auth.role === "admin";
+  function el(tag, props = {}, children = []) {
+    const node = Object.assign(document.createElement(tag), props);
+    for (const c of children) node.appendChild(c);
+    return node;
+  }
+  function shelfText(shelf) {
+    const until = shelf.expires_at ? `until ${new Date(shelf.expires_at).toLocaleTimeString()}` : "until unshelved";
+    const what = shelf.scope === "alert" ? "" : ` (${shelf.scope} ${shelf.target})`;
+    return `shelved${what} ${until} by ${shelf.by}: ${shelf.reason}`;
   }
   function renderAlerts() {
     const list = $("alerts");
@@ -369,7 +385,8 @@
     }
     for (const a of rows) {
       const li = document.createElement("li");
-      li.className = `${a.severity || ""} ${a.state || ""}`;
+      li.className = `${a.severity || ""} ${a.state || ""}${a.shelved ? " shelved" : ""}`;
+      li.dataset.alertId = a.id;
       const top = (a.top_sensors || []).slice(0, 3).map((s) => `${s.id} ${fmt(s.error)}`).join(", ");
       const lines = [
         `#${a.id} ${a.severity || ""} ${a.state || ""}: ${a.rule || ""}`,
@@ -377,30 +394,60 @@
         top ? `top sensors: ${top}` : "",
         (a.alarm_causes || []).length ? `why: ${causeText(a.alarm_causes)}` : "",
         a.acknowledged_at ? `acknowledged${a.acknowledged_by ? " by " + a.acknowledged_by : ""}` : "",
+        a.shelf ? shelfText(a.shelf) : "",
+        a.notification_held ? "notification held while shelved" : "",
+        a.verdict ? `verdict: ${a.verdict.replaceAll("_", " ")}` : "",
       ];
-      for (const text of lines.filter(Boolean)) {
-        const div = document.createElement("div");
-        div.textContent = text;
-        li.appendChild(div);
-      }
-      if (!a.acknowledged_at && a.state !== "resolved") {
-        const btn = document.createElement("button");
-        btn.textContent = "Acknowledge";
-        btn.onclick = () => ack(a.id, btn);
+      for (const text of lines.filter(Boolean)) li.appendChild(el("div", { textContent: text }));
+      if (mayOperate() && !a.acknowledged_at && a.state !== "resolved") {
+        const btn = el("button", { className: "ack", textContent: "Acknowledge" });
+        btn.onclick = () => act(`/api/smap/alerts/${a.id}/ack`, { note: "" }, btn, "Acknowledge");
         li.appendChild(btn);
       }
+      if (mayOperate()) li.appendChild(alertActions(a));
       list.appendChild(li);
     }
   }
-  async function ack(id, btn) {
+  function alertActions(a) {
+    // shelve / unshelve and the verdict, folded away so the list stays readable
+    const box = el("details", { className: "actions" }, [el("summary", { textContent: "Shelve · verdict" })]);
+    if (a.shelf) {
+      const un = el("button", { className: "unshelve", textContent: "Unshelve" });
+      un.onclick = () => act(`/api/smap/shelves/${a.shelf.id}/unshelve`, { reason: "unshelved on the dashboard" },
+        un, "Unshelve");
+      box.appendChild(el("div", {}, [un]));
+    } else {
+      const dur = el("select", { className: "shelve-for", title: "how long" },
+        SHELVE_FOR.map(([label, s]) => el("option", { value: s === null ? "" : String(s), textContent: label })));
+      dur.value = "3600";
+      const reason = el("input", { className: "shelve-reason", placeholder: "why (required)", maxLength: 2000 });
+      const btn = el("button", { className: "shelve", textContent: "Shelve" });
+      btn.onclick = () => {
+        if (!reason.value.trim()) { reason.focus(); $("alerts-status").textContent = "A shelf needs a reason."; return; }
+        act(`/api/smap/alerts/${a.id}/shelve`, { duration_s: dur.value ? Number(dur.value) : null,
+          reason: reason.value.trim() }, btn, "Shelve");
+      };
+      box.appendChild(el("div", {}, [dur, reason, btn]));
+    }
+    const verdict = el("select", { className: "verdict-kind" },
+      VERDICTS.map(([v, label]) => el("option", { value: v, textContent: label })));
+    if (a.verdict) verdict.value = a.verdict;
+    const comment = el("input", { className: "verdict-comment", placeholder: "comment", maxLength: 2000 });
+    const vbtn = el("button", { className: "verdict", textContent: "Record verdict" });
+    vbtn.onclick = () => act(`/api/smap/alerts/${a.id}/verdict`, { verdict: verdict.value, comment: comment.value },
+      vbtn, "Verdict");
+    box.appendChild(el("div", {}, [verdict, comment, vbtn]));
+    return box;
+  }
+  async function act(url, body, btn, what) {
     btn.disabled = true;
     try {
-      await getJSON(`/api/smap/alerts/${id}/ack`, { method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ note: "" }) });
+      await getJSON(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      $("alerts-status").textContent = "";
       await loadAlerts();
     } catch (err) {
       btn.disabled = false;
-      $("alerts-status").textContent = `Acknowledge failed: ${err.message}`;
+      $("alerts-status").textContent = `${what} failed: ${err.message}`;
     }
   }
 

@@ -6,6 +6,10 @@ operation server:
     POST /api/smap/alerts/{id}/ack      {"note": "..."} -> the alert (operator; the acknowledger is the caller)
     POST /api/smap/alerts/{id}/verdict  {"verdict": "true_anomaly|false_alarm|rare_nominal_event", "comment"}
     GET  /api/smap/verdicts/labeled_anomalies.csv?satellite_id=   true anomalies as telemanom labels
+    POST /api/smap/alerts/{id}/shelve   {"duration_s": 3600 | null, "reason"} -> 201 the shelf (operator)
+    POST /api/smap/shelves              {"scope": "alert|stream|rule", "target", "duration_s", "reason"} -> 201
+    GET  /api/smap/shelves?active=&scope=&target=&limit=   shelves, newest first
+    POST /api/smap/shelves/{id}/unshelve {"reason"} -> the ended shelf (operator; 409 when it already ended)
     GET  /healthz                       (public)
 
 Every route but /healthz is guarded by smap_shared.auth.web's middleware: the caller's token or session,
@@ -18,12 +22,13 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import psycopg
 from aiohttp import web
 
+from smap_shared.alerting.shelving import SCOPES, ShelfEndedError, parse_shelve, parse_unshelve
 from smap_shared.alerting.store import (
     LABEL_COLUMNS,
     SEVERITIES,
@@ -33,7 +38,8 @@ from smap_shared.alerting.store import (
     event_of_alert,
 )
 from smap_shared.auth.web import AuthPolicy, RoutePermission, auth_middleware, principal
-from smap_shared.schemas import MAX_BODY_BYTES, AlertEvent
+from smap_shared.http import json_error
+from smap_shared.schemas import MAX_BODY_BYTES, AlertEvent, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +47,7 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 STORE: web.AppKey[AlertStore] = web.AppKey("store", AlertStore)
 PUBLISH: web.AppKey[Callable[[list[AlertEvent]], Awaitable[None]]] = web.AppKey("publish")
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+RULES: web.AppKey[frozenset[str]] = web.AppKey("rules", frozenset)
 
 
 def parse_filters(query: Any) -> tuple[dict[str, Any], int]:
@@ -58,11 +61,23 @@ def parse_filters(query: Any) -> tuple[dict[str, Any], int]:
         raise ValueError(f"state must be one of {', '.join(STATES)}")
     if filters.get("severity") and filters["severity"] not in SEVERITIES:
         raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
-    ack = query.get("acknowledged")
-    if ack:
-        if ack.lower() not in ("true", "false", "1", "0"):
-            raise ValueError("acknowledged must be true or false")
-        filters["acknowledged"] = ack.lower() in ("true", "1")
+    for flag in ("acknowledged", "shelved"):
+        value = parse_flag(query, flag)
+        if value is not None:
+            filters[flag] = value
+    return filters, parse_limit(query)
+
+
+def parse_flag(query: Any, name: str) -> bool | None:
+    raw = query.get(name)
+    if not raw:
+        return None
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"{name} must be true or false")
+    return bool(raw.lower() in ("true", "1"))
+
+
+def parse_limit(query: Any) -> int:
     raw_limit = query.get("limit") or str(DEFAULT_LIMIT)
     try:
         limit = int(raw_limit)
@@ -70,7 +85,7 @@ def parse_filters(query: Any) -> tuple[dict[str, Any], int]:
         raise ValueError("limit must be an integer") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
-    return filters, limit
+    return limit
 
 
 def _alert_id(request: web.Request) -> int | None:
@@ -85,7 +100,7 @@ async def list_alerts(request: web.Request) -> web.Response:
     try:
         filters, limit = parse_filters(request.query)
     except ValueError as exc:
-        return _error(400, str(exc))
+        return json_error(400, str(exc))
     alerts = await request.app[STORE].list_alerts(filters, limit)
     return web.json_response({"alerts": alerts})
 
@@ -93,10 +108,10 @@ async def list_alerts(request: web.Request) -> web.Response:
 async def get_alert(request: web.Request) -> web.Response:
     alert_id = _alert_id(request)
     if alert_id is None:
-        return _error(400, "alert id must be a positive integer")
+        return json_error(400, "alert id must be a positive integer")
     alert = await request.app[STORE].get_alert(alert_id)
     if alert is None:
-        return _error(404, f"no alert {alert_id}")
+        return json_error(404, f"no alert {alert_id}")
     return web.json_response(alert)
 
 
@@ -116,18 +131,18 @@ def parse_ack(body: Any) -> str:
 async def acknowledge(request: web.Request) -> web.Response:
     alert_id = _alert_id(request)
     if alert_id is None:
-        return _error(400, "alert id must be a positive integer")
+        return json_error(400, "alert id must be a positive integer")
     raw = await request.read()
     try:
         note = parse_ack(json.loads(raw) if raw.strip() else {})
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, 'body must be JSON: {"note": "..."}')
+        return json_error(400, 'body must be JSON: {"note": "..."}')
     except ValueError as exc:
-        return _error(400, str(exc))
+        return json_error(400, str(exc))
     who = principal(request)
     alert = await request.app[STORE].acknowledge(alert_id, who, note)
     if alert is None:
-        return _error(404, f"no alert {alert_id}")
+        return json_error(404, f"no alert {alert_id}")
     await request.app[PUBLISH]([event_of_alert(alert, "acknowledged", f"acknowledged by {who.username}")])
     return web.json_response(alert)
 
@@ -147,17 +162,105 @@ def parse_verdict(body: Any) -> tuple[str, str]:
 async def verdict(request: web.Request) -> web.Response:
     alert_id = _alert_id(request)
     if alert_id is None:
-        return _error(400, "alert id must be a positive integer")
+        return json_error(400, "alert id must be a positive integer")
     try:
         value, comment = parse_verdict(json.loads(await request.read()))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, 'body must be JSON: {"verdict": "...", "comment": "..."}')
+        return json_error(400, 'body must be JSON: {"verdict": "...", "comment": "..."}')
     except ValueError as exc:
-        return _error(400, str(exc))
+        return json_error(400, str(exc))
     alert = await request.app[STORE].record_verdict(alert_id, principal(request), value, comment)
     if alert is None:
-        return _error(404, f"no alert {alert_id}")
+        return json_error(404, f"no alert {alert_id}")
     return web.json_response(alert)
+
+
+async def _json_body(request: web.Request, example: str) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"body must be JSON: {example}") from None
+
+
+async def _shelve(request: web.Request, body: Any, alert_id: int | None) -> web.Response:
+    try:
+        req = (parse_shelve(body) if alert_id is None else parse_shelve(body, scope="alert", target=str(alert_id)))
+    except ValueError as exc:
+        return json_error(400, str(exc))
+    rules = request.app[RULES]
+    if req.scope == "rule" and rules and req.target not in rules:
+        return json_error(400, f"no rule {req.target!r}; rules: {', '.join(sorted(rules))}")
+    store = request.app[STORE]
+    shelf = await store.shelve(req, principal(request))
+    if shelf is None:
+        return json_error(404, f"no alert {req.target}")
+    if req.scope == "alert":
+        alert = await store.get_alert(int(req.target))
+        if alert is not None:
+            await request.app[PUBLISH]([event_of_alert(alert, "shelved", f"shelved by {shelf['by']}: "
+                                                       f"{req.reason}", at=utc_now())])
+    return web.json_response(shelf, status=201)
+
+
+async def shelve_alert(request: web.Request) -> web.Response:
+    alert_id = _alert_id(request)
+    if alert_id is None:
+        return json_error(400, "alert id must be a positive integer")
+    try:
+        body = await _json_body(request, '{"duration_s": 3600, "reason": "..."}')
+    except ValueError as exc:
+        return json_error(400, str(exc))
+    return await _shelve(request, body, alert_id)
+
+
+async def create_shelf(request: web.Request) -> web.Response:
+    try:
+        body = await _json_body(request, '{"scope": "stream", "target": "SAT-001/A-1", "duration_s": 3600, '
+                                         '"reason": "..."}')
+    except ValueError as exc:
+        return json_error(400, str(exc))
+    return await _shelve(request, body, None)
+
+
+async def list_shelves(request: web.Request) -> web.Response:
+    try:
+        active = parse_flag(request.query, "active")
+        scope = request.query.get("scope") or None
+        if scope is not None and scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+        limit = parse_limit(request.query)
+    except ValueError as exc:
+        return json_error(400, str(exc))
+    shelves = await request.app[STORE].list_shelves(active=active, scope=scope,
+                                                    target=request.query.get("target") or None, limit=limit)
+    return web.json_response({"shelves": shelves})
+
+
+async def unshelve(request: web.Request) -> web.Response:
+    try:
+        shelf_id = int(request.match_info["shelf_id"])
+        if shelf_id <= 0:
+            raise ValueError
+    except ValueError:
+        return json_error(400, "shelf id must be a positive integer")
+    try:
+        reason = parse_unshelve(await _json_body(request, '{"reason": "..."}'))
+    except ValueError as exc:
+        return json_error(400, str(exc))
+    store = request.app[STORE]
+    try:
+        shelf = await store.unshelve(shelf_id, principal(request), reason)
+    except ShelfEndedError as exc:
+        return json_error(409, str(exc))
+    if shelf is None:
+        return json_error(404, f"no shelf {shelf_id}")
+    if shelf["scope"] == "alert":
+        alert = await store.get_alert(int(shelf["target"]))
+        if alert is not None:
+            await request.app[PUBLISH]([event_of_alert(alert, "unshelved", f"unshelved by {shelf['ended_by']}",
+                                                       at=utc_now())])
+    return web.json_response(shelf)
 
 
 async def verdict_labels(request: web.Request) -> web.Response:
@@ -186,30 +289,47 @@ async def _db_errors(request: web.Request, handler: Callable[[web.Request], Awai
     except web.HTTPException as exc:  # e.g. 413 for a body over MAX_BODY_BYTES: JSON like every other error
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        return _error(exc.status, exc.reason)
+        return json_error(exc.status, exc.reason)
     except (psycopg.OperationalError, OSError) as exc:
         log.warning("%s %s: database unavailable: %r", request.method, request.path, exc)
-        return _error(503, "alert database unavailable")
+        return json_error(503, "alert database unavailable")
 
 
 #: What the alert API's routes need beyond the defaults (read for GET, admin for any other write).
 PERMISSIONS: dict[tuple[str, str], RoutePermission] = {
     ("POST", "/api/smap/alerts/{alert_id}/ack"): "operate",
     ("POST", "/api/smap/alerts/{alert_id}/verdict"): "operate",
+    ("POST", "/api/smap/alerts/{alert_id}/shelve"): "operate",
+    ("POST", "/api/smap/shelves"): "operate",
+    ("POST", "/api/smap/shelves/{shelf_id}/unshelve"): "operate",
 }
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+#: The alert API, declared once: the alert manager serves these and the operation server forwards them
+#: unchanged under the dashboard's origin (operations/api.py).
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/api/smap/alerts", list_alerts),
+    ("GET", "/api/smap/alerts/{alert_id}", get_alert),
+    ("POST", "/api/smap/alerts/{alert_id}/ack", acknowledge),
+    ("POST", "/api/smap/alerts/{alert_id}/verdict", verdict),
+    ("POST", "/api/smap/alerts/{alert_id}/shelve", shelve_alert),
+    ("GET", "/api/smap/verdicts/labeled_anomalies.csv", verdict_labels),
+    ("GET", "/api/smap/shelves", list_shelves),
+    ("POST", "/api/smap/shelves", create_shelf),
+    ("POST", "/api/smap/shelves/{shelf_id}/unshelve", unshelve),
+)
 
 
 def make_app(store: AlertStore, publish: Callable[[list[AlertEvent]], Awaitable[None]],
-             auth: AuthPolicy) -> web.Application:
+             auth: AuthPolicy, rules: Collection[str] = ()) -> web.Application:
+    """`rules`: the names a rule shelf may target (empty: not checked)."""
     auth.public = auth.public | {"/healthz"}
     auth.permissions = {**PERMISSIONS, **auth.permissions}
     app = web.Application(middlewares=[_db_errors, auth_middleware(auth)], client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
     app[PUBLISH] = publish
-    app.router.add_get("/api/smap/alerts", list_alerts)
-    app.router.add_get("/api/smap/alerts/{alert_id}", get_alert)
-    app.router.add_post("/api/smap/alerts/{alert_id}/ack", acknowledge)
-    app.router.add_post("/api/smap/alerts/{alert_id}/verdict", verdict)
-    app.router.add_get("/api/smap/verdicts/labeled_anomalies.csv", verdict_labels)
+    app[RULES] = frozenset(rules)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
     app.router.add_get("/healthz", healthz)
     return app

@@ -37,6 +37,7 @@ from smap_shared.auth.web import AuthPolicy, check_mode, open_store
 from smap_shared.schemas import AlertEvent, utc_now
 from smap_shared.settings import AlertManagerSettings
 from smap_shared.streaming.kafka import ContiguousFetcher, commit, record_exists, settle, start_producer
+from smap_shared.streaming.retry import retry_until_done
 from smap_shared.streaming.validation import Invalid, validate_result
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ POLL_TIMEOUT_MS = 200
 DB_BACKOFF_S = 0.5
 DB_BACKOFF_MAX_S = 10.0
 PUBLISH_TIMEOUT_S = 5.0
+SHELF_SWEEP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -132,20 +134,29 @@ class EventPublisher:
 
 
 async def _prepare_database(settings: AlertManagerSettings, stop: asyncio.Event) -> bool:
-    delay = DB_BACKOFF_S
+    async def prepare() -> None:
+        await ensure_database(settings.alert_database_url)
+        applied = await migrate(settings.alert_database_url)
+        log.info("alert database ready (migrations applied now: %s)", applied or "none")
+
+    return await retry_until_done(prepare, stop, "preparing the alert database", backoff_s=DB_BACKOFF_S,
+                                  backoff_max_s=DB_BACKOFF_MAX_S)
+
+
+async def _shelf_sweeper(store: AlertStore, outbox: Outbox, stop: asyncio.Event) -> None:
+    """Every SHELF_SWEEP_S: end the shelves whose time is up and release the notifications they held."""
     while not stop.is_set():
         try:
-            await ensure_database(settings.alert_database_url)
-            applied = await migrate(settings.alert_database_url)
-            log.info("alert database ready (migrations applied now: %s)", applied or "none")
-            return True
-        except (psycopg.OperationalError, OSError) as exc:
-            log.warning("alert database not reachable (%r); retrying in %.1f s", exc, delay)
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                delay = min(delay * 2, DB_BACKOFF_MAX_S)
-    return False
+            expired, released = await store.sweep_shelves()
+            if expired:
+                log.info("shelves %s expired", expired)
+            if released:
+                log.info("released %d held notification(s)", released)
+                outbox.wake.set()
+        except (psycopg.Error, OSError) as exc:  # the next sweep tries again; nothing is lost meanwhile
+            log.warning("sweeping shelves failed: %r", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SHELF_SWEEP_S)
 
 
 async def _auth_store(auth: AuthPolicy, url: str, stop: asyncio.Event) -> None:
@@ -338,11 +349,13 @@ async def run_alert_manager(settings: AlertManagerSettings, stop: asyncio.Event,
                           if settings.users_database_url == settings.alert_database_url else None)
         if settings.smap_auth == "on" and auth.store is None:  # users in another database
             tasks.append(asyncio.create_task(_auth_store(auth, settings.users_database_url, stop)))
-        runner = web.AppRunner(make_app(store, publisher.publish, auth), access_log=None)
+        runner = web.AppRunner(make_app(store, publisher.publish, auth, [r.name for r in rules.rule]),
+                               access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, settings.alert_api_port).start()
         log.info("alert API on http://%s:%d/api/smap/alerts", host, settings.alert_api_port)
-        tasks += [asyncio.create_task(outbox.run(stop, workers)), asyncio.create_task(_outbox_gauge(outbox, stop))]
+        tasks += [asyncio.create_task(outbox.run(stop, workers)), asyncio.create_task(_outbox_gauge(outbox, stop)),
+                  asyncio.create_task(_shelf_sweeper(store, outbox, stop))]
         consumer = AlertConsumer(settings, rules, store, renderer, outbox, publisher, stop)
         await consumer.run()
     finally:

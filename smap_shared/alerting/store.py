@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from smap_shared.alerting import shelving
 from smap_shared.alerting.engine import LifecycleKey, LifecycleState, Transition
 from smap_shared.auth.credentials import Principal
 from smap_shared.auth.store import insert_audit
@@ -36,6 +37,17 @@ MIGRATION_LOCK = 0x534D4150  # pg advisory lock id ("SMAP"): one migrator at a t
 ALERT_COLUMNS = (
     "id, rule, severity, state, satellite_id, entity, sensor, stream_id, score_at_firing, top_sensors, "
     "alarm_causes, started_at, fired_at, resolved_at, acknowledged_at, acknowledged_by, notified"
+)
+#: An alert row `a` with the active shelf covering it (if any) and whether a notification of it is held.
+ALERT_SELECT = (
+    "SELECT " + ", ".join("a." + c.strip() for c in ALERT_COLUMNS.split(",")) + ","
+    " sh.id AS shelf_id, sh.scope AS shelf_scope, sh.target AS shelf_target, sh.expires_at AS shelf_expires_at,"
+    " sh.by_whom AS shelf_by, sh.reason AS shelf_reason,"
+    " EXISTS (SELECT 1 FROM notification_outbox o WHERE o.alert_id = a.id AND o.status = 'held')"
+    " AS notification_held,"
+    " (SELECT v.verdict FROM alert_verdicts v WHERE v.alert_id = a.id ORDER BY v.id DESC LIMIT 1) AS verdict"
+    " FROM alerts a LEFT JOIN LATERAL (SELECT s.* FROM shelves s WHERE " + shelving.ACTIVE + " AND "
+    + shelving.COVERS + " ORDER BY s.expires_at DESC NULLS FIRST, s.id LIMIT 1) sh ON true"
 )
 STATES = ("pending", "firing", "resolved")
 #: An operator's judgement of an alert (ESA's anomaly-detection benchmark's categories).
@@ -129,7 +141,11 @@ def alert_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": iso(row["started_at"]), "fired_at": iso(row["fired_at"]),
         "resolved_at": iso(row["resolved_at"]), "acknowledged_at": iso(row["acknowledged_at"]),
         "acknowledged_by": row["acknowledged_by"], "acknowledged": row["acknowledged_at"] is not None,
-        "notified": row["notified"],
+        "notified": row["notified"], "notification_held": row["notification_held"],
+        "shelved": row["shelf_id"] is not None, "verdict": row["verdict"],
+        "shelf": None if row["shelf_id"] is None else {
+            "id": row["shelf_id"], "scope": row["shelf_scope"], "target": row["shelf_target"],
+            "expires_at": iso(row["shelf_expires_at"]), "by": row["shelf_by"], "reason": row["shelf_reason"]},
     }
 
 
@@ -154,12 +170,12 @@ class NotificationRenderer(Protocol):
                ) -> list[tuple[str, dict[str, Any]]]: ...
 
 
-def _event(t: Transition, alert_id: int) -> AlertEvent:
+def _event(t: Transition, alert_id: int, message: str, shelved: bool) -> AlertEvent:
     return AlertEvent(
         event=t.to_state, alert_id=alert_id, rule=t.rule.name, severity=t.rule.severity, state=t.to_state,
         satellite_id=t.satellite_id, entity=t.entity, sensor=t.sensor, stream_id=t.stream_id, score=t.score,
         top_sensors=list(t.top_sensors), alarm_causes=list(t.alarm_causes), started_at=t.started_at, at=t.at,
-        message=t.message,
+        message=message, shelved=shelved,
     )
 
 
@@ -215,12 +231,21 @@ class AlertStore:
                     opened[t.key] = alert_id = int(row[0])
                 else:
                     alert_id = opened[t.key]
+                notify, message = t.notify, t.message
+                shelf = None
+                # a firing still held by a shelf is dropped at resolution: nobody was told, so no all-clear
+                if t.to_state == "resolved" and "firing" in await shelving.drop_held(conn, alert_id):
+                    notify, message = False, message + "; its held firing notification was dropped"
+                if notify:
+                    shelf = await shelving.covering_shelf(conn, alert_id)
+                    if shelf is not None:
+                        message += f"; notification held: shelved (shelf {shelf})"
                 if t.to_state == "firing":
                     await conn.execute(
                         "UPDATE alerts SET state = 'firing', fired_at = %s, fired_index = %s,"
                         " score_at_firing = %s, top_sensors = %s, alarm_causes = %s, notified = %s WHERE id = %s",
                         (t.at, t.index, t.score, Jsonb([s.model_dump() for s in t.top_sensors]),
-                         Jsonb(list(t.alarm_causes)), t.notify, alert_id))
+                         Jsonb(list(t.alarm_causes)), notify and shelf is None, alert_id))
                 elif t.to_state == "resolved":
                     await conn.execute(
                         "UPDATE alerts SET state = 'resolved', resolved_at = %s WHERE id = %s", (t.at, alert_id))
@@ -228,18 +253,20 @@ class AlertStore:
                 await conn.execute(
                     "INSERT INTO alert_transitions (alert_id, from_state, to_state, at, frame_index, score,"
                     " message) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                    (alert_id, t.from_state, t.to_state, t.at, t.index, t.score, t.message))
-                if t.notify:
+                    (alert_id, t.from_state, t.to_state, t.at, t.index, t.score, message))
+                if notify:
                     nid = uuid.uuid4()
                     for channel, payload in renderer.render(t, alert_id, nid):
-                        # one id per (transition, channel): a receiver dedupes on it
+                        # one id per (transition, channel): a receiver dedupes on it. Under a shelf the row
+                        # waits as 'held' (shelving.py releases it when no shelf covers the alert any more)
                         channel_nid = uuid.uuid5(nid, channel)
                         await conn.execute(
-                            "INSERT INTO notification_outbox (notification_id, alert_id, channel, event, payload)"
-                            " VALUES (%s,%s,%s,%s,%s)",
-                            (channel_nid, alert_id, channel, t.to_state, Jsonb(payload)))
-                        notifications += 1
-                events.append(_event(t, alert_id))
+                            "INSERT INTO notification_outbox (notification_id, alert_id, channel, event, payload,"
+                            " status, held_by) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                            (channel_nid, alert_id, channel, t.to_state, Jsonb(payload),
+                             "pending" if shelf is None else "held", shelf))
+                        notifications += shelf is None
+                events.append(_event(t, alert_id, message, shelved=shelf is not None))
             rows = [(rule, key, Jsonb(st.to_json()), opened.get((rule, key)))
                     for (rule, key), st in states.items()]
             if rows:
@@ -268,13 +295,15 @@ class AlertStore:
         params: list[Any] = []
         for column in ("state", "severity", "satellite_id", "entity", "rule"):
             if filters.get(column) is not None:
-                where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                where.append(sql.SQL("{} = %s").format(sql.Identifier("a", column)))
                 params.append(filters[column])
         if filters.get("acknowledged") is not None:
-            where.append(sql.SQL("acknowledged_at IS NOT NULL" if filters["acknowledged"]
-                                 else "acknowledged_at IS NULL"))
-        query = sql.SQL("SELECT {} FROM alerts {} ORDER BY started_at DESC, id DESC LIMIT %s").format(
-            sql.SQL(ALERT_COLUMNS),
+            where.append(sql.SQL("a.acknowledged_at IS NOT NULL" if filters["acknowledged"]
+                                 else "a.acknowledged_at IS NULL"))
+        if filters.get("shelved") is not None:
+            where.append(sql.SQL("sh.id IS NOT NULL" if filters["shelved"] else "sh.id IS NULL"))
+        query = sql.SQL("{} {} ORDER BY a.started_at DESC, a.id DESC LIMIT %s").format(
+            sql.SQL(ALERT_SELECT),
             sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""))
         params.append(limit)
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -283,8 +312,7 @@ class AlertStore:
 
     async def get_alert(self, alert_id: int) -> dict[str, Any] | None:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(sql.SQL("SELECT {} FROM alerts WHERE id = %s").format(sql.SQL(ALERT_COLUMNS)),
-                              (alert_id,))
+            await cur.execute(sql.SQL(ALERT_SELECT + " WHERE a.id = %s"), (alert_id,))
             row = await cur.fetchone()
             if row is None:
                 return None
@@ -360,6 +388,29 @@ class AlertStore:
                                {"verdict": verdict, "comment": comment})
         return await self.get_alert(alert_id)
 
+    # ------------------------------------------------------------ shelving (shelving.py)
+    async def shelve(self, req: shelving.ShelveRequest, who: Principal) -> dict[str, Any] | None:
+        """Create a shelf (audited); None: its alert does not exist."""
+        async with self.pool.connection() as conn, conn.transaction():
+            if req.scope == "alert":
+                cur = await conn.execute("SELECT 1 FROM alerts WHERE id = %s", (int(req.target),))
+                if await cur.fetchone() is None:
+                    return None
+            return await shelving.create_shelf(conn, req, who)
+
+    async def unshelve(self, shelf_id: int, who: Principal, reason: str) -> dict[str, Any] | None:
+        async with self.pool.connection() as conn, conn.transaction():
+            return await shelving.end_shelf(conn, shelf_id, who, reason)
+
+    async def list_shelves(self, *, active: bool | None, scope: str | None = None, target: str | None = None,
+                           limit: int = 100) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            return await shelving.list_shelves(conn, active=active, scope=scope, target=target, limit=limit)
+
+    async def sweep_shelves(self) -> tuple[list[int], int]:
+        async with self.pool.connection() as conn, conn.transaction():
+            return await shelving.sweep(conn)
+
     async def verdict_labels(self, satellite_id: str | None = None) -> list[dict[str, str]]:
         """Rows of telemanom's labeled_anomalies.csv from the alerts whose latest verdict is true_anomaly:
         chan_id = entity, spacecraft = satellite, one [first, last] frame-index interval per alert (last: the
@@ -384,16 +435,19 @@ class AlertStore:
                 for (entity, sat), spans in grouped.items()]
 
 
-def event_of_alert(alert: Mapping[str, Any], event: str, message: str = "") -> AlertEvent:
-    """An AlertEvent (acknowledgements) from an alert as the API returns it."""
-    at = alert["acknowledged_at"] or alert["started_at"]
+def event_of_alert(alert: Mapping[str, Any], event: str, message: str = "", at: datetime | None = None
+                   ) -> AlertEvent:
+    """An AlertEvent (acknowledgements, shelving) from an alert as the API returns it; `at` defaults to the
+    acknowledgement's time."""
+    at = at or alert["acknowledged_at"] or alert["started_at"]
     return AlertEvent.model_validate({
         "event": event, "alert_id": alert["id"], "rule": alert["rule"], "severity": alert["severity"],
         "state": alert["state"], "satellite_id": alert["satellite_id"], "entity": alert["entity"],
         "sensor": alert["sensor"], "stream_id": alert["stream_id"], "score": alert["score_at_firing"] or 0.0,
         "top_sensors": [SensorContribution.model_validate(s) for s in alert["top_sensors"]],
         "alarm_causes": alert.get("alarm_causes") or [],
-        "started_at": alert["started_at"], "at": at, "acknowledged": alert["acknowledged"], "message": message,
+        "started_at": alert["started_at"], "at": at, "acknowledged": alert["acknowledged"],
+        "shelved": alert.get("shelved", False), "message": message,
     })
 
 

@@ -38,13 +38,15 @@ TOKEN_CACHE_S = 30.0
 
 
 async def insert_audit(conn: AsyncConnection[Any], who: Principal | None, action: str, target: str = "",
-                       detail: dict[str, Any] | None = None, *, username: str | None = None) -> None:
-    """One audit_log row on `conn`, so an action and its record commit in the same transaction."""
+                       detail: dict[str, Any] | None = None, *, username: str | None = None,
+                       method: str | None = None) -> None:
+    """One audit_log row on `conn`, so an action and its record commit in the same transaction (`who` None
+    with `username` and `method`: the system's own action, e.g. a shelf's expiry)."""
     await conn.execute(
         "INSERT INTO audit_log (username, user_id, method, action, target, detail)"
         " VALUES (%s, %s, %s, %s, %s, %s)",
         (username or (who.username if who else "anonymous"), who.user_id if who else None,
-         who.method if who else "anonymous", action, target, Jsonb(detail or {})))
+         method or (who.method if who else "anonymous"), action, target, Jsonb(detail or {})))
 
 
 class AuthError(ValueError):

@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from smap_shared.auth.credentials import DEV_PRINCIPAL, Permission, Principal, check_password, is_loopback
 from smap_shared.auth.store import AuthError, AuthStore
+from smap_shared.http import json_error
 from smap_shared.streaming.retry import retry_until_done
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,6 @@ def principal(request: web.Request) -> Principal:
     if not isinstance(who, Principal):
         raise RuntimeError("principal() called on a route the auth middleware does not guard")
     return who
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="smap"'} if status == 401 else None
-    return web.json_response({"error": message, "status": status, **extra}, status=status, headers=headers)
 
 
 def same_origin(request: web.Request) -> bool:
@@ -163,7 +159,7 @@ def auth_middleware(policy: AuthPolicy) -> Middleware:
         try:
             who = await identify(policy, request)
         except RefusedError as refused:
-            return _error(refused.status, str(refused))
+            return json_error(refused.status, str(refused))
         if who is not None:
             request[PRINCIPAL_KEY] = who
         return await handler(request)
@@ -212,10 +208,10 @@ async def me(request: web.Request) -> web.Response:
     if policy.mode == "off":
         return web.json_response(_me(DEV_PRINCIPAL, "off"))
     if policy.store is None:
-        return _error(503, "authentication database unavailable; retry shortly")
+        return json_error(503, "authentication database unavailable; retry shortly")
     who = await policy.authenticate(request)
     if who is None:
-        return _error(401, "not logged in", auth="on")
+        return json_error(401, "not logged in", auth="on")
     return web.json_response(_me(who, "on"))
 
 
@@ -227,14 +223,14 @@ async def login(request: web.Request) -> web.Response:
     try:
         body = await _body(request)
     except ValueError as exc:
-        return _error(400, str(exc))
+        return json_error(400, str(exc))
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username or len(password) > 1024:
-        return _error(400, 'body must be {"username": "...", "password": "..."}')
+        return json_error(400, 'body must be {"username": "...", "password": "..."}')
     result = await store.login(username.strip().lower(), password)
     if result is None:
         await store.audit(None, "login_failed", username[:64], username=username[:64])
-        return _error(401, "wrong user name or password")
+        return json_error(401, "wrong user name or password")
     who, sid = result
     await store.audit(who, "login")
     response = web.json_response(_me(who, "on"))
@@ -273,7 +269,7 @@ async def create_user(request: web.Request) -> web.Response:
             check_password(password)
         user_id = await store.create_user(username, role, password, by=who.username)
     except ValueError as exc:  # AuthError included
-        return _error(409 if isinstance(exc, AuthError) and "exists" in str(exc) else 400, str(exc))
+        return json_error(409 if isinstance(exc, AuthError) and "exists" in str(exc) else 400, str(exc))
     await store.audit(who, "user_created", username, {"role": role})
     return web.json_response({"id": user_id, "username": username, "role": role}, status=201)
 
@@ -286,12 +282,12 @@ async def create_token(request: web.Request) -> web.Response:
         if not isinstance(username, str) or not isinstance(name, str):
             raise ValueError('body must be {"name": "what the token is for", "username": "..." (admin only)}')
         if username != who.username and not who.may("admin"):
-            return _error(403, f"{who.username} may create tokens only for themselves")
+            return json_error(403, f"{who.username} may create tokens only for themselves")
         if who.method == "off":
             raise ValueError("SMAP_AUTH=off: there are no tokens to create")
         token = await store.create_token(username, name)
     except ValueError as exc:
-        return _error(400, str(exc))
+        return json_error(400, str(exc))
     await store.audit(who, "token_created", username, {"name": name})
     return web.json_response({"username": username, "name": name, "token": token}, status=201)
 
@@ -299,7 +295,7 @@ async def create_token(request: web.Request) -> web.Response:
 async def audit(request: web.Request) -> web.Response:
     raw = request.query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        return _error(400, "limit must be an integer between 1 and 1000")
+        return json_error(400, "limit must be an integer between 1 and 1000")
     return web.json_response({"audit": await _store(request).audit_log(int(raw))})
 
 

@@ -17,9 +17,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
+from smap_shared.alerting.api import ROUTES as ALERT_ROUTES
 from smap_shared.auth.web import FORWARDED_CREDENTIALS
 from smap_shared.fleet import Fleet, FleetError
+from smap_shared.http import json_error
 from smap_shared.model.rules import ALARM_CAUSES
 from smap_shared.operations.params import ParamError, TimeRange, parse_lookback, parse_range, parse_time
 from smap_shared.operations.vm import Series, VictoriaClient, VictoriaUnavailableError, align, rollup
@@ -243,7 +246,7 @@ async def sensor_snapshot(request: web.Request) -> web.Response:
 
 
 async def _proxy(request: web.Request, method: str, path: str) -> web.Response:
-    url = request.app[ALERTS_URL].rstrip("/") + path
+    url = URL(request.app[ALERTS_URL].rstrip("/") + path, encoded=True)  # path: as the client encoded it
     body = await request.read() if method == "POST" else None
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")} if body else {}
     # The alert manager authenticates the caller itself (same users): pass their credentials on unchanged.
@@ -256,35 +259,16 @@ async def _proxy(request: web.Request, method: str, path: str) -> web.Response:
             return web.Response(status=resp.status, body=payload, headers={"Content-Type": ctype})
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         log.warning("alert manager unreachable at %s: %r", url, exc)
-        return web.json_response({"error": "alert manager unavailable", "status": 503}, status=503)
+        return json_error(503, "alert manager unavailable")
 
 
-async def alerts_list(request: web.Request) -> web.Response:
-    return await _proxy(request, "GET", "/api/smap/alerts")
-
-
-async def alert_detail(request: web.Request) -> web.Response:
-    return await _proxy(request, "GET", f"/api/smap/alerts/{_alert_id(request)}")
-
-
-async def alert_ack(request: web.Request) -> web.Response:
-    return await _proxy(request, "POST", f"/api/smap/alerts/{_alert_id(request)}/ack")
-
-
-async def alert_verdict(request: web.Request) -> web.Response:
-    return await _proxy(request, "POST", f"/api/smap/alerts/{_alert_id(request)}/verdict")
-
-
-async def verdict_labels(request: web.Request) -> web.Response:
-    return await _proxy(request, "GET", "/api/smap/verdicts/labeled_anomalies.csv")
-
-
-def _alert_id(request: web.Request) -> int:
-    raw = request.match_info["alert_id"]
-    if not raw.isdigit():
-        raise web.HTTPBadRequest(text='{"error": "alert id must be an integer", "status": 400}',
-                                 content_type="application/json")
-    return int(raw)
+async def forward(request: web.Request) -> web.Response:
+    """An alert API route, forwarded unchanged (the alert manager validates and authorises it again); a
+    malformed id is answered here, alert manager or not."""
+    for name, value in request.match_info.items():
+        if name.endswith("_id") and not value.isdigit():
+            return json_error(400, f"{name.replace('_', ' ')} must be an integer")
+    return await _proxy(request, request.method, request.rel_url.raw_path)
 
 
 def add_routes(app: web.Application) -> None:
@@ -292,8 +276,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/smap/entity/{entity}/overview", entity_overview)
     app.router.add_get("/api/smap/entity/{entity}/sensors", sensor_snapshot)
     app.router.add_get("/api/smap/entity/{entity}/sensor/{sensor}", sensor_history)
-    app.router.add_get("/api/smap/alerts", alerts_list)
-    app.router.add_get("/api/smap/alerts/{alert_id}", alert_detail)
-    app.router.add_post("/api/smap/alerts/{alert_id}/ack", alert_ack)
-    app.router.add_post("/api/smap/alerts/{alert_id}/verdict", alert_verdict)
-    app.router.add_get("/api/smap/verdicts/labeled_anomalies.csv", verdict_labels)
+    for method, path, _ in ALERT_ROUTES:
+        app.router.add_route(method, path, forward)

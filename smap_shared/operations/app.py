@@ -31,6 +31,7 @@ from smap_shared.auth.web import (
 )
 from smap_shared.data import default_source
 from smap_shared.fleet import load_fleet
+from smap_shared.http import json_error
 from smap_shared.operations.api import ALERTS_URL, CATALOG, HTTP, VICTORIA, Catalog, NotFoundError, add_routes
 from smap_shared.operations.live import Hub, Subscription, run_feed
 from smap_shared.operations.openapi import openapi_document
@@ -74,10 +75,6 @@ def http_metrics() -> HttpMetrics:
     )
 
 
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message, "status": status}, status=status)
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -88,15 +85,15 @@ _CLIENT_ERRORS: tuple[tuple[type[Exception], int], ...] = ((ParamError, 400), (N
 def _failure(request: web.Request, exc: Exception) -> web.Response:
     for kind, status in _CLIENT_ERRORS:
         if isinstance(exc, kind):
-            return error_response(status, str(exc))
+            return json_error(status, str(exc))
     if isinstance(exc, VictoriaUnavailableError):
         log.warning("%s %s: %s", request.method, request.path, exc)
-        return error_response(503, "VictoriaMetrics unavailable")
+        return json_error(503, "VictoriaMetrics unavailable")
     if isinstance(exc, VictoriaQueryError):
         log.error("%s %s: %s", request.method, request.path, exc)
-        return error_response(500, "query rejected by VictoriaMetrics")
+        return json_error(500, "query rejected by VictoriaMetrics")
     log.error("%s %s failed", request.method, request.path, exc_info=exc)
-    return error_response(500, "internal error")
+    return json_error(500, "internal error")
 
 
 @web.middleware
@@ -114,7 +111,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         status = exc.status
         if exc.content_type == "application/json" or exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason)
+        return json_error(exc.status, exc.reason)
     except Exception as exc:
         response = _failure(request, exc)
         status = response.status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from smap_shared.alerting.shelving import MAX_SHELVE_S, SCOPES
 from smap_shared.operations.params import DEFAULT_POINTS, MAX_POINTS, MAX_RANGE_S
 
 _NUMS = {"type": "array", "items": {"type": ["number", "null"]}}
@@ -18,7 +19,7 @@ def _resp(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     what = {400: "Bad parameters", 404: "Unknown entity or sensor", 503: "VictoriaMetrics unavailable",
             502: "Alert manager error", 401: "Not authenticated", 403: "Not allowed (role, CSRF or origin)",
-            409: "Exists already"}
+            409: "Exists already, or already ended"}
     return {str(c): _resp(what[c], _ERROR) for c in codes}
 
 
@@ -39,6 +40,10 @@ _ENTITY = {"name": "entity", "in": "path", "required": True, "schema": {"type": 
 _SENSOR = {"name": "sensor", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^sensor_[0-9]+$", "example": "sensor_0"}}
 _ALERT_ID = {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_SHELF_ID = {"name": "shelf_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_DURATION = {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_SHELVE_S,
+             "description": "Seconds until the shelf expires; null: until unshelved. Required."}
+_REASON = {"type": "string", "minLength": 1, "maxLength": 2000, "description": "Why (audited)"}
 _RANGE_OUT = {"start": {"type": "number"}, "end": {"type": "number"}, "step": {"type": "number"},
               "timestamps": {"type": "array", "items": {"type": "number"}, "description": "Unix seconds"}}
 
@@ -107,6 +112,45 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _resp("The alert with its verdicts", {"type": "object"}),
                               **_errors(400, 401, 403, 404, 503)},
             }},
+            "/api/smap/alerts/{alert_id}/shelve": {"post": {
+                "summary": "Shelve one alert (proxied; operator or admin): it stays recorded, its notifications "
+                           "are held until the shelf ends (expiry or unshelve), then sent -- or dropped when the "
+                           "alert resolved meanwhile",
+                "parameters": [_ALERT_ID],
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["duration_s", "reason"],
+                    "properties": {"duration_s": _DURATION, "reason": _REASON}}}}},
+                "responses": {"201": _resp("The shelf", {"$ref": "#/components/schemas/Shelf"}),
+                              **_errors(400, 401, 403, 404, 503)},
+            }},
+            "/api/smap/shelves": {
+                "get": {"summary": "Shelves, newest first (proxied)",
+                        "parameters": [
+                            {"name": "active", "in": "query", "schema": {"type": "boolean"}},
+                            {"name": "scope", "in": "query", "schema": {"enum": list(SCOPES)}},
+                            {"name": "target", "in": "query", "schema": {"type": "string"}},
+                            {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 100}}],
+                        "responses": {"200": _resp("Shelves", {"type": "object", "properties": {"shelves": {
+                            "type": "array", "items": {"$ref": "#/components/schemas/Shelf"}}}}),
+                            **_errors(400, 503)}},
+                "post": {"summary": "Shelve an alert, a stream (SAT-001/A-1) or a rule (proxied; operator or "
+                                    "admin)",
+                         "requestBody": {"content": {"application/json": {"schema": {
+                             "type": "object", "required": ["scope", "target", "duration_s", "reason"],
+                             "properties": {"scope": {"enum": list(SCOPES)}, "target": {"type": "string"},
+                                            "duration_s": _DURATION, "reason": _REASON}}}}},
+                         "responses": {"201": _resp("The shelf", {"$ref": "#/components/schemas/Shelf"}),
+                                       **_errors(400, 401, 403, 404, 503)}},
+            },
+            "/api/smap/shelves/{shelf_id}/unshelve": {"post": {
+                "summary": "End a shelf before it expires (proxied; operator or admin); held notifications of "
+                           "alerts no other shelf covers are sent",
+                "parameters": [_SHELF_ID],
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"reason": {"type": "string", "maxLength": 2000}}}}}},
+                "responses": {"200": _resp("The ended shelf", {"$ref": "#/components/schemas/Shelf"}),
+                              **_errors(400, 401, 403, 404, 409, 503)},
+            }},
             "/api/smap/verdicts/labeled_anomalies.csv": {"get": {
                 "summary": "Alerts judged true anomalies as labels in telemanom's labeled_anomalies.csv layout "
                            "(chan_id = entity, spacecraft = satellite; proxied)",
@@ -165,6 +209,14 @@ def openapi_document() -> dict[str, Any]:
                 "auth": {"enum": ["on", "off"]}, "user": {"type": "string"},
                 "role": {"enum": ["viewer", "operator", "ingest", "admin"]},
                 "method": {"enum": ["session", "token", "off"]}, "csrf_token": {"type": ["string", "null"]}}},
+            "Shelf": {"type": "object", "required": ["id", "scope", "target", "reason", "by", "active"],
+                      "properties": {
+                "id": {"type": "integer"}, "scope": {"enum": list(SCOPES)}, "target": {"type": "string"},
+                "reason": {"type": "string"}, "by": {"type": "string"}, "auth": {"type": "string"},
+                "created_at": {"type": "string"}, "expires_at": {"type": ["string", "null"]},
+                "active": {"type": "boolean"}, "ended_at": {"type": ["string", "null"]},
+                "ended_by": {"type": ["string", "null"], "description": "Who unshelved, or 'expiry'"},
+                "end_reason": {"type": ["string", "null"]}}},
             "Error": {"type": "object", "required": ["error", "status"],
                       "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
             "EntityStatus": {"type": "object", "required": ["state", "anomaly_score", "timestamp"], "properties": {

@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -192,3 +193,82 @@ def test_a_recreated_results_topic_is_read_from_its_start(tmp_path: Path) -> Non
         # one alert per run: the second run's anomaly was seen, although its offsets lie below the stored ones
         assert query(db, "SELECT count(*) FROM alerts WHERE fired_at IS NOT NULL") == [(2,)]
         assert "the topic was recreated" in (tmp_path / "alert-manager.log").read_text()
+
+
+def test_a_shelved_stream_is_recorded_not_notified_until_it_is_unshelved(rig: Rig) -> None:
+    rig.hook.status = 200
+    rig.manager.start()
+    shelf_body = {"scope": "stream", "target": "SAT-001/A-1", "duration_s": 600, "reason": "safe mode"}
+    status, shelf = rig.manager.post("/api/smap/shelves", shelf_body)
+    assert status == 201 and shelf["active"] and shelf["by"] == "local-dev" and shelf["expires_at"]
+    # what a shelf must name, and that forgetting the duration does not shelve forever
+    for bad in ({**shelf_body, "target": "A-1"}, {**shelf_body, "scope": "satellite"},
+                {k: v for k, v in shelf_body.items() if k != "duration_s"}, {**shelf_body, "duration_s": -5},
+                {**shelf_body, "duration_s": 40 * 86400}, {**shelf_body, "reason": " "},
+                {**shelf_body, "scope": "rule", "target": "no-such-rule"}, {**shelf_body, "by": "mallory"}):
+        assert rig.manager.post("/api/smap/shelves", bad)[0] == 400, bad
+    assert rig.manager.post("/api/smap/alerts/99/shelve", {"duration_s": 60, "reason": "x"})[0] == 404
+
+    rig.produce(anomaly("A-1", 0, 10, range(2, 8)) + anomaly("D-1", 0, 10, range(2, 8)))
+    wait_until(lambda: len(rig.hook.delivered()) == 1 and len(rig.mails) == 1, 60, "D-1's notifications",
+               rig.logs)
+    wait_until(lambda: rig.stored_offsets() == 20, 30, "every result applied", rig.logs)
+    time.sleep(1.5)  # a few sweeps and delivery polls: the held rows must stay held
+    ids = dict(query(rig.db, "SELECT entity, id FROM alerts"))
+    assert [b["alert_id"] for b in rig.hook.delivered()] == [ids["D-1"]] and len(rig.mails) == 1
+    a1 = rig.manager.get(f"/api/smap/alerts/{ids['A-1']}")[1]
+    assert a1["entity"] == "A-1" and a1["state"] == "firing" and a1["shelved"] and a1["notification_held"]
+    assert not a1["notified"] and a1["shelf"]["id"] == shelf["id"] and a1["shelf"]["reason"] == "safe mode"
+    assert [(d["channel"], d["status"]) for d in a1["deliveries"]] == [("slack", "held"), ("email", "held")]
+    assert "notification held: shelved" in a1["transitions"][-1]["message"]
+    assert [a["id"] for a in rig.manager.get("/api/smap/alerts?shelved=true")[1]["alerts"]] == [ids["A-1"]]
+    assert [a["id"] for a in rig.manager.get("/api/smap/alerts?shelved=false")[1]["alerts"]] == [ids["D-1"]]
+    assert [s["id"] for s in rig.manager.get("/api/smap/shelves?active=true")[1]["shelves"]] == [shelf["id"]]
+
+    status, ended = rig.manager.post(f"/api/smap/shelves/{shelf['id']}/unshelve", {"reason": "nominal again"})
+    assert status == 200 and not ended["active"] and ended["ended_by"] == "local-dev"
+    wait_until(lambda: len(rig.hook.delivered()) == 2 and len(rig.mails) == 2, 30, "the released notifications",
+               rig.logs)
+    assert rig.hook.delivered()[1]["alert_id"] == ids["A-1"]
+    assert "firing on SAT-001/A-1" in rig.hook.delivered()[1]["text"]
+    a1 = rig.manager.get(f"/api/smap/alerts/{ids['A-1']}")[1]
+    assert a1["notified"] and not a1["shelved"] and not a1["notification_held"]
+    assert rig.manager.post(f"/api/smap/shelves/{shelf['id']}/unshelve", {})[0] == 409
+    assert rig.manager.get("/api/smap/shelves?active=true")[1]["shelves"] == []
+    assert query(rig.db, "SELECT username, method, action, target FROM audit_log ORDER BY id") == [
+        ("local-dev", "off", action, "stream:SAT-001/A-1") for action in ("shelved", "unshelved")]
+
+
+def test_a_shelf_expires_on_its_own_and_a_firing_that_resolved_under_it_is_dropped(rig: Rig) -> None:
+    rules = rig.logs / "rules.toml"
+    rules.write_text('[[rule]]\nname = "anomaly-3-frames"\nseverity = "critical"\nchannels = ["slack"]\n'
+                     'notify_resolved = true\nresolve_after_frames = 5\n'
+                     '[rule.condition]\nkind = "consecutive"\nframes = 3\n')
+    rig.manager.env["ALERT_RULES_FILE"] = str(rules)
+    rig.hook.status = 200
+    rig.manager.start()
+    rig.produce(anomaly("A-1", 0, 8, range(2, 8)))  # alert 1 fires (notified) and stays firing
+    wait_until(lambda: len(rig.hook.delivered()) == 1, 60, "A-1's firing", rig.logs)
+    # shelve alert 1 and the whole rule for a few seconds
+    assert rig.manager.post("/api/smap/alerts/1/shelve", {"duration_s": 8, "reason": "known"})[0] == 201
+    status, rule_shelf = rig.manager.post("/api/smap/shelves", {
+        "scope": "rule", "target": "anomaly-3-frames", "duration_s": 8, "reason": "pass over the SAA"})
+    assert status == 201
+    # A-1 resolves under its shelf (its all-clear waits); D-1 fires and resolves under the rule's shelf
+    rig.produce(anomaly("A-1", 8, 6, range(0)) + anomaly("D-1", 0, 14, range(2, 8)))
+    wait_until(lambda: rig.stored_offsets() == 28, 30, "every result applied", rig.logs)
+    states = dict(query(rig.db, "SELECT entity, state FROM alerts"))
+    assert states == {"A-1": "resolved", "D-1": "resolved"}
+    outbox = query(rig.db, "SELECT a.entity, o.event, o.status FROM notification_outbox o JOIN alerts a"
+                           " ON a.id = o.alert_id WHERE o.channel = 'slack' ORDER BY o.id")
+    assert outbox == [("A-1", "firing", "delivered"), ("A-1", "resolved", "held"), ("D-1", "firing", "dropped")]
+    assert len(rig.hook.delivered()) == 1
+    # the shelves run out: the all-clear of the alert that was notified goes out, D-1's never does
+    wait_until(lambda: len(rig.hook.delivered()) == 2, 30, "the released all-clear", rig.logs)
+    assert "resolved on SAT-001/A-1" in rig.hook.delivered()[1]["text"]
+    assert query(rig.db, "SELECT username, method, action FROM audit_log WHERE action = 'shelf_expired'") == [
+        ("system", "system", "shelf_expired")] * 2
+    assert {s["ended_by"] for s in rig.manager.get("/api/smap/shelves?active=false")[1]["shelves"]} == {"expiry"}
+    assert rig.manager.post(f"/api/smap/shelves/{rule_shelf['id']}/unshelve", {})[0] == 409
+    time.sleep(1.5)
+    assert len(rig.hook.delivered()) == 2

@@ -319,9 +319,9 @@ def test_an_operator_logs_in_on_the_page_and_acknowledges_in_chromium(stack: Sta
         cookies = {c["name"]: c for c in page.context.cookies()}
         assert cookies["smap_session"]["httpOnly"] and cookies["smap_session"]["sameSite"] == "Strict"
         assert page.evaluate("document.cookie") == ""  # the page's script cannot read the session
-        page.wait_for_selector("#alerts li button")
-        page.click("#alerts li button")
-        page.wait_for_function("!document.querySelector('#alerts li button')")
+        page.wait_for_selector("#alerts li button.ack")
+        page.click("#alerts li button.ack")
+        page.wait_for_function("!document.querySelector('#alerts li button.ack')")
         browser.close()
     assert errors == []
     assert query(stack.db, "SELECT by_whom, user_id, auth_method FROM alert_acknowledgements WHERE alert_id = %s",
@@ -363,3 +363,80 @@ def test_verdicts_are_attributed_and_export_as_telemanom_labels(stack: Stack) ->
     labelled = parse_labelled(csv.DictReader(io.StringIO(text)))
     assert labelled == {"A-1": ("SAT-002", [Interval(first, last)])}
     assert (first, last) == (2, 4)  # pending at the first hot frame (2), firing at the third (4), still open
+
+
+def test_shelving_needs_an_operator_and_is_attributed_from_the_token(stack: Stack) -> None:
+    alert = stack.alert_ids["SAT-003"]
+    body = {"duration_s": 600, "reason": "thermal test"}
+    for base in (stack.api, stack.alerts_api):
+        url = f"{base}/api/smap/alerts/{alert}/shelve"
+        assert call(url, "POST", body)[0] == 401
+        assert call(url, "POST", body, bearer(stack.tokens["vera"]))[0] == 403
+        assert call(f"{base}/api/smap/shelves", "POST", {**body, "scope": "rule", "target": "anomaly-3-frames"},
+                    bearer(stack.tokens["feed"]))[0] == 403
+    status, shelf, _ = call(f"{stack.api}/api/smap/alerts/{alert}/shelve", "POST", body,
+                            bearer(stack.tokens["otto"]))
+    assert status == 201 and shelf["by"] == "otto" and shelf["auth"] == "token"
+    # a viewer sees it; only an operator ends it
+    status, listed, _ = call(f"{stack.api}/api/smap/shelves?active=true", headers=bearer(stack.tokens["vera"]))
+    assert status == 200 and [s["id"] for s in listed["shelves"]] == [shelf["id"]]
+    unshelve = f"{stack.api}/api/smap/shelves/{shelf['id']}/unshelve"
+    assert call(unshelve, "POST", {}, bearer(stack.tokens["vera"]))[0] == 403
+    status, ended, _ = call(unshelve, "POST", {"reason": "done"}, bearer(stack.tokens["ada"]))
+    assert status == 200 and ended["ended_by"] == "ada" and not ended["active"]
+    assert query(stack.db, "SELECT by_whom, user_id, auth_method, ended_by, end_reason FROM shelves WHERE id = %s",
+                 (shelf["id"],)) == [("otto", stack.user_ids["otto"], "token", "ada", "done")]
+    assert query(stack.db, "SELECT username, user_id, method, action FROM audit_log WHERE action LIKE '%%shelved'"
+                           " ORDER BY id") == [("otto", stack.user_ids["otto"], "token", "shelved"),
+                                               ("ada", stack.user_ids["ada"], "token", "unshelved")]
+
+
+def test_an_operator_shelves_judges_and_unshelves_on_the_page_in_chromium(stack: Stack) -> None:
+    from playwright.sync_api import sync_playwright
+
+    alert = stack.alert_ids["SAT-001"]
+    card = f'#alerts li[data-alert-id="{alert}"]'
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        page = browser.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        for user, operates in (("vera", False), ("otto", True)):
+            page.goto(stack.api + "/")
+            if user == "otto":  # log vera out first
+                page.click("#logout")
+            page.wait_for_selector("#login:not([hidden])")
+            page.fill("#login-user", user)
+            page.fill("#login-password", PASSWORDS[user])
+            page.click("#login-submit")
+            page.wait_for_selector(card)
+            # a viewer is offered no action it may not take
+            assert (page.locator(f"{card} details.actions").count() == 1) is operates
+        page.click(f"{card} details.actions summary")
+        page.select_option(f"{card} .shelve-for", "900")
+        page.click(f"{card} button.shelve")  # no reason: refused on the page, nothing sent
+        page.wait_for_function("document.querySelector('#alerts-status').textContent.includes('reason')")
+        page.fill(f"{card} .shelve-reason", "star tracker recalibration")
+        page.click(f"{card} button.shelve")
+        page.wait_for_selector(f"{card}.shelved")
+        text = page.locator(card).inner_text()
+        assert "by otto: star tracker recalibration" in text and "shelved until" in text
+        page.click(f"{card} details.actions summary")
+        page.select_option(f"{card} .verdict-kind", "rare_nominal_event")
+        page.fill(f"{card} .verdict-comment", "planned manoeuvre")
+        page.click(f"{card} button.verdict")
+        page.wait_for_function(f"document.querySelector('{card}').innerText"
+                               ".includes('verdict: rare nominal event')")
+        page.click(f"{card} details.actions summary")
+        page.click(f"{card} button.unshelve")
+        page.wait_for_selector(f"{card}:not(.shelved)")
+        browser.close()
+    assert errors == []
+    [(shelf_id, expires_in)] = query(
+        stack.db, "SELECT id, extract(epoch FROM expires_at - created_at) FROM shelves WHERE target = %s"
+                  " AND by_whom = 'otto' AND auth_method = 'session'", (str(alert),))
+    assert float(expires_in) == 900
+    assert query(stack.db, "SELECT ended_by FROM shelves WHERE id = %s", (shelf_id,)) == [("otto",)]
+    assert query(stack.db, "SELECT verdict, comment, by_whom, auth_method FROM alert_verdicts WHERE alert_id = %s",
+                 (alert,)) == [("rare_nominal_event", "planned manoeuvre", "otto", "session")]

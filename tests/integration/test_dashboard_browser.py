@@ -119,11 +119,11 @@ def test_dashboard_shows_history_then_live(chain: Chain, tmp_path: Path) -> None
                 target=lambda: asyncio.run(produce(bootstrap, "smap-alerts", [(b"SAT-001/A-1", alert_event())])))
             sender.start()
             sender.join(60)
-            page.wait_for_selector("#alerts li button", timeout=30_000)
+            page.wait_for_selector("#alerts li button.ack", timeout=30_000)
             panel = page.locator("#alerts").inner_text()
             assert "#41 critical firing: a1-test" in panel
             assert "why: value jumped more than ever in training" in panel
-            page.click("#alerts li button")
+            page.click("#alerts li button.ack")
             page.wait_for_function("document.querySelector('#alerts-status').textContent.includes('failed')")
             page.wait_for_timeout(500)
             after = page.evaluate("window.smapDashboard.overview.timestamps.length")
