@@ -9,7 +9,7 @@
   const state = {
     fleet: [], sat: null, entity: null, sensor: "sensor_0", windowS: 3600,
     overview: null, sensorData: null, bars: null, liveCount: 0, liveTotal: 0,
-    alerts: new Map(), ws: null, wsOpened: false, dirty: false,
+    alerts: new Map(), ws: null, wsOpened: false, dirty: false, view: null,
   };
   window.smapDashboard = state; // for the browser test and for poking around in the console
 
@@ -160,9 +160,10 @@
       const idx = charts.bars.cursor.idx;
       if (idx != null) selectSensor(`sensor_${charts.bars.data[0][idx]}`);
     });
-    window.addEventListener("resize", () => {
-      for (const [name, c] of Object.entries(charts)) c.setSize({ width: width($(`${name}-chart`)), height: c.height });
-    });
+    window.addEventListener("resize", resizeCharts);
+  }
+  function resizeCharts() {
+    for (const [name, c] of Object.entries(charts)) c.setSize({ width: width($(`${name}-chart`)), height: c.height });
   }
 
   function setPoints(id, n) { $(id).dataset.points = String(n); }
@@ -335,7 +336,8 @@
   // ------------------------------------------------------------------ alerts
   async function loadAlerts() {
     try {
-      const body = await getJSON(`/api/smap/alerts?satellite_id=${encodeURIComponent(state.sat)}&limit=50`);
+      const scope = state.view === "fleet" ? "" : `satellite_id=${encodeURIComponent(state.sat)}&`;
+      const body = await getJSON(`/api/smap/alerts?${scope}limit=50`);
       state.alerts.clear();
       for (const a of body.alerts || []) state.alerts.set(a.id, a);
       $("alerts-status").textContent = "";
@@ -376,11 +378,13 @@
   function renderAlerts() {
     const list = $("alerts");
     list.innerHTML = "";
-    const rows = [...state.alerts.values()].filter((a) => a.satellite_id === state.sat)
+    const fleetWide = state.view === "fleet";
+    const rows = [...state.alerts.values()].filter((a) => fleetWide || a.satellite_id === state.sat)
       .sort((x, y) => y.id - x.id).slice(0, 50);
+    $("alerts-title").textContent = fleetWide ? "Alerts, whole fleet" : `Alerts, ${state.sat}`;
     if (!rows.length) {
       const li = document.createElement("li");
-      li.textContent = `No alerts for ${state.sat}.`;
+      li.textContent = fleetWide ? "No alerts." : `No alerts for ${state.sat}.`;
       list.appendChild(li);
     }
     for (const a of rows) {
@@ -390,7 +394,8 @@
       const top = (a.top_sensors || []).slice(0, 3).map((s) => `${s.id} ${fmt(s.error)}`).join(", ");
       const lines = [
         `#${a.id} ${a.severity || ""} ${a.state || ""}: ${a.rule || ""}`,
-        `${a.entity || ""}${a.sensor ? " / " + a.sensor : ""}, score ${fmt(a.score_at_firing)}`,
+        `${fleetWide ? a.satellite_id + " / " : ""}${a.entity || ""}${a.sensor ? " / " + a.sensor : ""}, ` +
+          `score ${fmt(a.score_at_firing)}`,
         top ? `top sensors: ${top}` : "",
         (a.alarm_causes || []).length ? `why: ${causeText(a.alarm_causes)}` : "",
         a.acknowledged_at ? `acknowledged${a.acknowledged_by ? " by " + a.acknowledged_by : ""}` : "",
@@ -451,6 +456,102 @@
     }
   }
 
+  // ------------------------------------------------------------------ fleet overview (the landing view)
+  // One tile per stream, one row per satellite, refreshed from /api/smap/fleet every FLEET_REFRESH_MS while
+  // shown. The tiles are built once per fleet and then only restyled, so 1,000 streams stay cheap.
+  const FLEET_REFRESH_MS = 5000;
+  const fleetView = { tiles: new Map(), rows: new Map(), body: null };
+  state.fleetView = fleetView;
+  const ago = (s) => (s == null ? "never" : s < 90 ? `${Math.round(s)} s ago` : `${Math.round(s / 60)} min ago`);
+  function tileTitle(satId, r) {
+    const al = r.alerts;
+    return [`${satId} / ${r.entity}: ${r.state}`, `anomaly score ${fmt(r.anomaly_score)}`,
+      `detector signal ${fmt(r.detector_signal)} / threshold ${fmt(r.threshold)}`, `latest frame ${ago(r.age_s)}`,
+      al == null ? "alerts: unavailable" : al.open ? `${al.open} open alert(s), ${al.severity}` +
+        (al.shelved ? `, ${al.shelved} shelved` : "") + ` (#${al.ids.join(", #")})` : "no open alert"].join("\n");
+  }
+  function buildFleetGrid(body) {
+    fleetView.tiles.clear();
+    fleetView.rows.clear();
+    const frag = document.createDocumentFragment();
+    for (const sat of body.satellites) {
+      const row = el("div", { className: "fleet-row" }, [el("span", { className: "sat", textContent: sat.id,
+        title: sat.name || sat.id })]);
+      row.dataset.satellite = sat.id;
+      for (const r of sat.streams) {
+        const key = `${sat.id}/${r.entity}`;
+        const tile = el("a", { className: "tile", href: `#/${encodeURIComponent(sat.id)}/${encodeURIComponent(r.entity)}` });
+        tile.dataset.stream = key;
+        fleetView.tiles.set(key, tile);
+        row.appendChild(tile);
+      }
+      fleetView.rows.set(sat.id, row);
+      frag.appendChild(row);
+    }
+    $("fleet-grid").replaceChildren(frag);
+  }
+  function renderFleetView() {
+    const body = fleetView.body;
+    if (!body) return;
+    const t0 = performance.now();
+    const keys = body.satellites.flatMap((sat) => sat.streams.map((r) => `${sat.id}/${r.entity}`));
+    if (keys.length !== fleetView.tiles.size || keys.some((k) => !fleetView.tiles.has(k))) buildFleetGrid(body);
+    const attentionOnly = $("fleet-filter").value === "attention";
+    const search = $("fleet-search").value.trim().toUpperCase();
+    for (const sat of body.satellites) {
+      let shown = 0;
+      for (const r of sat.streams) {
+        const tile = fleetView.tiles.get(`${sat.id}/${r.entity}`);
+        const al = r.alerts;
+        const open = Boolean(al && al.open);
+        tile.className = `tile ${r.state}${open ? " alert" : ""}${open && al.shelved === al.open ? " shelved" : ""}`;
+        tile.textContent = `${r.entity}\n${r.margin == null ? "–" : r.margin.toFixed(2)}`;
+        tile.title = tileTitle(sat.id, r);
+        tile.hidden = attentionOnly && !(open || r.state === "anomaly" || r.state === "stale");
+        if (!tile.hidden) shown += 1;
+      }
+      fleetView.rows.get(sat.id).hidden = shown === 0 || (search !== "" && !sat.id.toUpperCase().includes(search));
+    }
+    const n = body.summary;
+    const ms = performance.now() - t0;
+    $("fleet-summary").textContent = `${n.streams} streams on ${body.satellites.length} satellites: ` +
+      `${n.anomaly} anomaly, ${n.normal} normal, ${n.stale} stale, ${n.unknown} without data; ` +
+      (n.open_alerts == null ? "alerts unavailable" : `${n.open_alerts} open alert(s)`) +
+      ` · ${new Date(body.time * 1000).toLocaleTimeString()}`;
+    const grid = $("fleet-grid");
+    grid.dataset.tiles = String(fleetView.tiles.size);
+    grid.dataset.renderMs = ms.toFixed(1);
+    grid.dataset.updated = String(body.time);
+  }
+  async function loadFleetView() {
+    fleetView.body = await getJSON("/api/smap/fleet");
+    renderFleetView();
+  }
+
+  // ------------------------------------------------------------------ views: #fleet, #entity, #/SAT-001/A-1
+  function showView(name) {
+    const changed = state.view !== name;
+    state.view = name;
+    $("fleet-view").hidden = name !== "fleet";
+    $("entity-view").hidden = name !== "entity";
+    $("view-fleet").classList.toggle("on", name === "fleet");
+    $("view-entity").classList.toggle("on", name === "entity");
+    if (name === "entity") resizeCharts();
+    else loadFleetView().catch(showError);
+    if (changed) { renderAlerts(); loadAlerts(); }
+  }
+  async function route() {
+    const m = location.hash.match(/^#\/([^/]+)\/([^/]+)$/);
+    if (m) {
+      const [sat, entity] = [decodeURIComponent(m[1]), decodeURIComponent(m[2])];
+      showView("entity");
+      if (sat !== state.sat) await selectSatellite(sat);
+      if (entity !== state.entity) await selectEntity(entity);
+    } else {
+      showView(location.hash === "#entity" ? "entity" : "fleet");
+    }
+  }
+
   // ------------------------------------------------------------------ selection
   function showError(err) { console.error(err); $("overview-title").textContent = `error: ${err.message}`; }
   async function selectSatellite(id) {
@@ -482,16 +583,23 @@
     $("logout").onclick = () => logout();
     await ensureLogin();
     makeCharts();
-    $("satellite").onchange = (e) => selectSatellite(e.target.value).catch(showError);
-    $("entity").onchange = (e) => selectEntity(e.target.value).catch(showError);
+    $("satellite").onchange = (e) => { showView("entity"); selectSatellite(e.target.value).catch(showError); };
+    $("entity").onchange = (e) => { showView("entity"); selectEntity(e.target.value).catch(showError); };
+    $("fleet-filter").onchange = () => renderFleetView();
+    $("fleet-search").oninput = () => renderFleetView();
+    window.addEventListener("hashchange", () => route().catch(showError));
     $("sensor").onchange = (e) => selectSensor(e.target.value).catch(showError);
     $("window").onchange = (e) => { state.windowS = WINDOWS[e.target.value]; loadEntity().catch(showError); };
     await loadFleet();
     state.sat = state.fleet[0].id;
     connect();
+    const deep = location.hash.match(/^#\/([^/]+)\//);
+    if (deep && state.fleet.some((sat) => sat.id === decodeURIComponent(deep[1]))) state.sat = decodeURIComponent(deep[1]);
     await selectSatellite(state.sat);
+    await route();
     setInterval(() => loadFleet().catch(() => {}), 30000);
     setInterval(() => loadAlerts(), 30000);
+    setInterval(() => { if (state.view === "fleet") loadFleetView().catch(() => {}); }, FLEET_REFRESH_MS);
   }
   main().catch(showError);
 })();

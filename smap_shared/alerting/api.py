@@ -1,7 +1,7 @@
 """The alert history over HTTP (aiohttp), served by smap-alert-manager and proxied unchanged by the
 operation server:
 
-    GET  /api/smap/alerts?state=&severity=&satellite_id=&entity=&rule=&acknowledged=&limit=
+    GET  /api/smap/alerts?state=&severity=&satellite_id=&entity=&rule=&acknowledged=&shelved=&open=&limit=
     GET  /api/smap/alerts/{id}          the alert with its transitions, deliveries and acknowledgements
     POST /api/smap/alerts/{id}/ack      {"note": "..."} -> the alert (operator; the acknowledger is the caller)
     POST /api/smap/alerts/{id}/verdict  {"verdict": "true_anomaly|false_alarm|rare_nominal_event", "comment"}
@@ -61,7 +61,7 @@ def parse_filters(query: Any) -> tuple[dict[str, Any], int]:
         raise ValueError(f"state must be one of {', '.join(STATES)}")
     if filters.get("severity") and filters["severity"] not in SEVERITIES:
         raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
-    for flag in ("acknowledged", "shelved"):
+    for flag in ("acknowledged", "shelved", "open"):
         value = parse_flag(query, flag)
         if value is not None:
             filters[flag] = value

@@ -300,6 +300,8 @@ class AlertStore:
         if filters.get("acknowledged") is not None:
             where.append(sql.SQL("a.acknowledged_at IS NOT NULL" if filters["acknowledged"]
                                  else "a.acknowledged_at IS NULL"))
+        if filters.get("open") is not None:  # open: pending or firing
+            where.append(sql.SQL("a.state <> 'resolved'" if filters["open"] else "a.state = 'resolved'"))
         if filters.get("shelved") is not None:
             where.append(sql.SQL("sh.id IS NOT NULL" if filters["shelved"] else "sh.id IS NULL"))
         query = sql.SQL("{} {} ORDER BY a.started_at DESC, a.id DESC LIMIT %s").format(

@@ -24,11 +24,21 @@ from smap_shared.auth.web import FORWARDED_CREDENTIALS
 from smap_shared.fleet import Fleet, FleetError
 from smap_shared.http import json_error
 from smap_shared.model.rules import ALARM_CAUSES
-from smap_shared.operations.params import ParamError, TimeRange, parse_lookback, parse_range, parse_time
+from smap_shared.operations.params import (
+    ParamError,
+    TimeRange,
+    parse_duration,
+    parse_lookback,
+    parse_range,
+    parse_time,
+)
 from smap_shared.operations.vm import Series, VictoriaClient, VictoriaUnavailableError, align, rollup
 from smap_shared.schemas import SENSOR_KEY
 
 log = logging.getLogger(__name__)
+
+DEFAULT_STALE_S = 60.0
+MAX_FLEET_ALERTS = 1000  # the alert API's largest page
 
 SCORE, DETECTED, THRESHOLD = "smap_anomaly_score", "smap_anomaly_detected", "smap_anomaly_threshold"
 SIGNAL, GROUND_TRUTH, CAUSE = "smap_detector_signal", "smap_ground_truth_anomaly", "smap_alarm_cause"
@@ -148,6 +158,62 @@ def snapshot_body(entity: str, sensors: list[str], at: float, series: list[Serie
     return {"entity": entity, "time": at, "timestamp": stamp, "sensors": rows}
 
 
+#: stream states of the fleet view; `stale`: the latest frame is older than `stale` (the feed stopped)
+FLEET_STATES = ("normal", "anomaly", "stale", "unknown")
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+def fleet_body(fleet: Fleet, now: float, lookback_s: float, stale_s: float, lasts: list[Series],
+               stamps: list[Series], alerts: list[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """Every stream of the fleet at a glance: state, latest score, detector signal against its threshold
+    (`margin` = signal / threshold: >= 1 is over), age of the latest frame, open alerts. `alerts`: the open
+    (pending or firing) alerts, None when the alert manager could not be asked."""
+    latest: dict[tuple[str, str], dict[str, float | None]] = {}
+    for s in lasts:
+        key = (s.metric.get("satellite_id", ""), s.metric.get("entity", ""))
+        if s.values and s.values[0] is not None:
+            latest.setdefault(key, {})[s.name] = s.values[0]
+    when = {(s.metric.get("satellite_id", ""), s.metric.get("entity", "")): s.values[0]
+            for s in stamps if s.values and s.values[0] is not None}
+    open_by: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for a in alerts or []:
+        open_by.setdefault((a["satellite_id"], a["entity"]), []).append(a)
+    counts = dict.fromkeys(FLEET_STATES, 0)
+    sats = []
+    for sat in fleet.satellites:
+        rows = []
+        for entity in sat.entities:
+            key = (sat.id, entity)
+            got, ts = latest.get(key, {}), when.get(key)
+            signal, threshold = got.get(SIGNAL), got.get(THRESHOLD)
+            age = None if ts is None else max(0.0, now - ts)
+            if ts is None or SCORE not in got:
+                state = "unknown"
+            elif age is not None and age > stale_s:
+                state = "stale"
+            else:
+                state = "anomaly" if got.get(DETECTED) else "normal"
+            counts[state] += 1
+            mine = open_by.get(key, [])
+            rows.append({
+                "entity": entity, "state": state, "anomaly_score": got.get(SCORE), "detector_signal": signal,
+                "threshold": threshold,
+                "margin": None if signal is None or not threshold else signal / threshold,
+                "timestamp": ts, "age_s": age,
+                "alerts": None if alerts is None else {
+                    "open": len(mine), "shelved": sum(bool(a.get("shelved")) for a in mine),
+                    "severity": max((a["severity"] for a in mine), key=SEVERITY_RANK.__getitem__, default=None),
+                    "ids": sorted(a["id"] for a in mine)},
+            })
+        sats.append({"id": sat.id, "name": sat.name, "streams": rows})
+    return {
+        "time": now, "lookback_s": lookback_s, "stale_s": stale_s,
+        "summary": {"streams": sum(counts.values()), **counts,
+                    "open_alerts": None if alerts is None else len(alerts)},
+        "satellites": sats,
+    }
+
+
 # ---------------------------------------------------------------- handlers
 
 
@@ -195,6 +261,46 @@ async def satellites(request: web.Request) -> web.Response:
         for sat in catalog.fleet.satellites
     ]
     return web.json_response(body, headers={"X-Victoria-Status": victoria})
+
+
+async def _open_alerts(request: web.Request) -> list[Mapping[str, Any]] | None:
+    """The open alerts from the alert manager, as the caller (their credentials); None when unavailable."""
+    url = request.app[ALERTS_URL].rstrip("/") + "/api/smap/alerts"
+    headers = {h: request.headers[h] for h in FORWARDED_CREDENTIALS if h in request.headers}
+    try:
+        async with request.app[HTTP].get(url, params={"open": "true", "limit": str(MAX_FLEET_ALERTS)},
+                                         headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            if resp.status != 200:
+                log.warning("open alerts for the fleet view: HTTP %d from %s", resp.status, url)
+                return None
+            body = await resp.json()
+            return list(body["alerts"])
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+        log.warning("open alerts for the fleet view unavailable: %r", exc)
+        return None
+
+
+async def fleet(request: web.Request) -> web.Response:
+    """GET /api/smap/fleet?lookback=10m&stale=60s: every stream at a glance (fleet_body)."""
+    catalog = request.app[CATALOG]
+    lookback = parse_lookback(request.query)
+    stale = parse_duration(request.query["stale"], "stale") if "stale" in request.query else DEFAULT_STALE_S
+    now = time.time()
+    window = max(1, round(lookback * 1000))
+    vm = request.app[VICTORIA]
+    victoria = "ok"
+    alerts_task = asyncio.ensure_future(_open_alerts(request))
+    try:
+        lasts, stamps = await asyncio.gather(
+            vm.query(rollup("last_over_time", [SCORE, DETECTED, SIGNAL, THRESHOLD], {}, window), now),
+            vm.query(rollup("tlast_over_time", [SCORE], {}, window), now))
+    except VictoriaUnavailableError as exc:
+        log.warning("fleet status unavailable: %s", exc)
+        victoria, lasts, stamps = "unavailable", [], []
+    alerts = await alerts_task
+    body = fleet_body(catalog.fleet, now, lookback, stale, lasts, stamps, alerts)
+    body["sources"] = {"victoria": victoria, "alerts": "ok" if alerts is not None else "unavailable"}
+    return web.json_response(body)
 
 
 async def entity_overview(request: web.Request) -> web.Response:
@@ -273,6 +379,7 @@ async def forward(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/smap/satellites", satellites)
+    app.router.add_get("/api/smap/fleet", fleet)
     app.router.add_get("/api/smap/entity/{entity}/overview", entity_overview)
     app.router.add_get("/api/smap/entity/{entity}/sensors", sensor_snapshot)
     app.router.add_get("/api/smap/entity/{entity}/sensor/{sensor}", sensor_history)

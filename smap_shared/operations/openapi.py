@@ -62,6 +62,17 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _resp("The fleet", {"type": "array", "items": {
                     "$ref": "#/components/schemas/Satellite"}})},
             }},
+            "/api/smap/fleet": {"get": {
+                "summary": "Every stream (satellite x entity) at a glance: state, latest score, detector signal "
+                           "against its threshold, age of the latest frame, open alerts",
+                "parameters": [
+                    {"name": "lookback", "in": "query", "schema": {"type": "string", "default": "10m"},
+                     "description": "How old the latest sample may be to count at all (else: unknown)."},
+                    {"name": "stale", "in": "query", "schema": {"type": "string", "default": "60s"},
+                     "description": "A stream whose latest frame is older than this is stale."}],
+                "responses": {"200": _resp("The fleet", {"$ref": "#/components/schemas/FleetView"}),
+                              **_errors(400)},
+            }},
             "/api/smap/entity/{entity}/overview": {"get": {
                 "summary": "Anomaly score, detections, detector signal, threshold and ground truth over time",
                 "parameters": [_ENTITY, *_RANGE_PARAMS],
@@ -209,6 +220,27 @@ def openapi_document() -> dict[str, Any]:
                 "auth": {"enum": ["on", "off"]}, "user": {"type": "string"},
                 "role": {"enum": ["viewer", "operator", "ingest", "admin"]},
                 "method": {"enum": ["session", "token", "off"]}, "csrf_token": {"type": ["string", "null"]}}},
+            "FleetView": {"type": "object", "required": ["time", "summary", "satellites", "sources"],
+                          "properties": {
+                "time": {"type": "number"}, "lookback_s": {"type": "number"}, "stale_s": {"type": "number"},
+                "summary": {"type": "object", "properties": {
+                    k: {"type": ["integer", "null"]}
+                    for k in ("streams", "normal", "anomaly", "stale", "unknown", "open_alerts")}},
+                "sources": {"type": "object", "properties": {"victoria": {"enum": ["ok", "unavailable"]},
+                                                             "alerts": {"enum": ["ok", "unavailable"]}}},
+                "satellites": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"},
+                    "streams": {"type": "array", "items": {"type": "object", "properties": {
+                        "entity": {"type": "string"}, "state": {"enum": ["normal", "anomaly", "stale", "unknown"]},
+                        "anomaly_score": {"type": ["number", "null"]},
+                        "detector_signal": {"type": ["number", "null"]}, "threshold": {"type": ["number", "null"]},
+                        "margin": {"type": ["number", "null"], "description": "detector_signal / threshold"},
+                        "timestamp": {"type": ["number", "null"]}, "age_s": {"type": ["number", "null"]},
+                        "alerts": {"type": ["object", "null"], "description": "null: alert manager unavailable",
+                                   "properties": {"open": {"type": "integer"}, "shelved": {"type": "integer"},
+                                                  "severity": {"type": ["string", "null"]},
+                                                  "ids": {"type": "array", "items": {"type": "integer"}}}},
+                    }}}}}}}},
             "Shelf": {"type": "object", "required": ["id", "scope", "target", "reason", "by", "active"],
                       "properties": {
                 "id": {"type": "integer"}, "scope": {"enum": list(SCOPES)}, "target": {"type": "string"},

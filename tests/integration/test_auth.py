@@ -319,9 +319,10 @@ def test_an_operator_logs_in_on_the_page_and_acknowledges_in_chromium(stack: Sta
         cookies = {c["name"]: c for c in page.context.cookies()}
         assert cookies["smap_session"]["httpOnly"] and cookies["smap_session"]["sameSite"] == "Strict"
         assert page.evaluate("document.cookie") == ""  # the page's script cannot read the session
-        page.wait_for_selector("#alerts li button.ack")
-        page.click("#alerts li button.ack")
-        page.wait_for_function("!document.querySelector('#alerts li button.ack')")
+        card = f'#alerts li[data-alert-id="{alert}"]'
+        page.wait_for_selector(f"{card} button.ack")
+        page.click(f"{card} button.ack")
+        page.wait_for_function(f"!document.querySelector('{card} button.ack')")
         browser.close()
     assert errors == []
     assert query(stack.db, "SELECT by_whom, user_id, auth_method FROM alert_acknowledgements WHERE alert_id = %s",
@@ -440,3 +441,14 @@ def test_an_operator_shelves_judges_and_unshelves_on_the_page_in_chromium(stack:
     assert query(stack.db, "SELECT ended_by FROM shelves WHERE id = %s", (shelf_id,)) == [("otto",)]
     assert query(stack.db, "SELECT verdict, comment, by_whom, auth_method FROM alert_verdicts WHERE alert_id = %s",
                  (alert,)) == [("rare_nominal_event", "planned manoeuvre", "otto", "session")]
+
+
+def test_the_fleet_view_counts_open_alerts_as_the_caller_sees_them(stack: Stack) -> None:
+    assert call(f"{stack.api}/api/smap/fleet")[0] == 401
+    status, body, _ = call(f"{stack.api}/api/smap/fleet", headers=bearer(stack.tokens["vera"]))
+    assert status == 200 and body["sources"]["alerts"] == "ok"
+    a1 = next(r for sat in body["satellites"] if sat["id"] == "SAT-001" for r in sat["streams"]
+              if r["entity"] == "A-1")
+    # SAT-002/SAT-003 are not A-1's satellites in the packaged fleet: only SAT-001's alert is a fleet stream's
+    assert a1["alerts"] == {"open": 1, "shelved": 0, "severity": "critical", "ids": [stack.alert_ids["SAT-001"]]}
+    assert body["summary"]["open_alerts"] == 3
