@@ -64,15 +64,21 @@ class SimulatorSettings(_Settings):
     metrics_port: int = 9301
 
 
-class TriggerSettings(_CelerySettings):
+class _TelemetryCheckSettings(_Settings):
+    """How a telemetry frame is checked, wherever it enters: the trigger (the topic) and the operation
+    server's HTTP ingest (POST /api/smap/telemetry) read the same variable, so both accept the same frames."""
+
+    #: The plausibility gate: a sensor value more than this many train spans outside its train [min, max] is
+    #: dead-lettered as implausible (0 switches the gate off).
+    trigger_plausible_spans: float = Field(default=10.0, ge=0)
+
+
+class TriggerSettings(_CelerySettings, _TelemetryCheckSettings):
     trigger_group_id: str = "smap-inference-trigger"
     #: Micro-batches: one Celery task per shard carries at most this many frames, published when it is full
     #: or when its oldest frame has waited trigger_linger_ms, whichever comes first.
     trigger_batch_max: int = Field(default=256, ge=1, le=4096)
     trigger_linger_ms: int = Field(default=20, ge=0, le=10_000)
-    #: The plausibility gate: a sensor value more than this many train spans outside its train [min, max] is
-    #: dead-lettered as implausible (0 switches the gate off).
-    trigger_plausible_spans: float = Field(default=10.0, ge=0)
     kafka_fetch_max_wait_ms: int = 20  # Tansu holds every fetch this long: keep it low for latency
     metrics_port: int = 9302
 
@@ -111,7 +117,7 @@ class TritonSettings(_Settings):
     triton_instance_kind: str = "auto"
 
 
-class OperationServerSettings(_AuthSettings):
+class OperationServerSettings(_AuthSettings, _TelemetryCheckSettings):
     """smap-operation-server: REST API over VictoriaMetrics, WebSocket live stream, the dashboard page."""
 
     operation_host: str | None = None  # None: smap_bind_address

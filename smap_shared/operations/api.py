@@ -24,6 +24,13 @@ from smap_shared.auth.web import FORWARDED_CREDENTIALS
 from smap_shared.fleet import Fleet, FleetError
 from smap_shared.http import json_error
 from smap_shared.model.rules import ALARM_CAUSES
+from smap_shared.operations.ingest import (
+    MAX_INGEST_BYTES,
+    BatchError,
+    BrokerUnavailableError,
+    TelemetryWriter,
+    check_batch,
+)
 from smap_shared.operations.params import (
     ParamError,
     TimeRange,
@@ -34,6 +41,7 @@ from smap_shared.operations.params import (
 )
 from smap_shared.operations.vm import Series, VictoriaClient, VictoriaUnavailableError, align, rollup
 from smap_shared.schemas import SENSOR_KEY
+from smap_shared.streaming.validation import SaneRange
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +231,17 @@ ALERTS_URL: web.AppKey[str] = web.AppKey("alerts_url", str)
 HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
 
 
+@dataclass(frozen=True)
+class Intake:
+    """What the HTTP ingest needs beyond the catalog: the plausibility gate and the writer."""
+
+    ranges: Mapping[str, SaneRange] | None
+    writer: TelemetryWriter
+
+
+INTAKE: web.AppKey[Intake] = web.AppKey("intake", Intake)
+
+
 async def satellites(request: web.Request) -> web.Response:
     """The fleet, with every entity's current state (unknown while VictoriaMetrics is unreachable)."""
     catalog = request.app[CATALOG]
@@ -303,6 +322,37 @@ async def fleet(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes (before reading it when Content-Length says so)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def ingest_telemetry(request: web.Request) -> web.Response:
+    """POST /api/smap/telemetry (ingest role): a batch of frames into the telemetry topic (ingest.py)."""
+    catalog, intake = request.app[CATALOG], request.app[INTAKE]
+    body = await _read_capped(request, MAX_INGEST_BYTES)
+    try:
+        checks = await asyncio.to_thread(check_batch, body, catalog.fleet, catalog.widths, intake.ranges)
+    except BatchError as exc:
+        return json_error(400, str(exc))
+    try:
+        await intake.writer.write(checks)
+    except BrokerUnavailableError as exc:
+        return web.json_response({"error": str(exc), "status": 503, "retry": True}, status=503,
+                                 headers={"Retry-After": "5"})
+    rejected = sum(c.problem is not None for c in checks)
+    return web.json_response({"accepted": len(checks) - rejected, "rejected": rejected,
+                              "frames": [c.answer() for c in checks]}, status=422 if rejected else 200)
+
+
 async def entity_overview(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     entity = request.match_info["entity"]
@@ -380,6 +430,7 @@ async def forward(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/smap/satellites", satellites)
     app.router.add_get("/api/smap/fleet", fleet)
+    app.router.add_post("/api/smap/telemetry", ingest_telemetry)
     app.router.add_get("/api/smap/entity/{entity}/overview", entity_overview)
     app.router.add_get("/api/smap/entity/{entity}/sensors", sensor_snapshot)
     app.router.add_get("/api/smap/entity/{entity}/sensor/{sensor}", sensor_history)

@@ -32,14 +32,25 @@ from smap_shared.auth.web import (
 from smap_shared.data import default_source
 from smap_shared.fleet import load_fleet
 from smap_shared.http import json_error
-from smap_shared.operations.api import ALERTS_URL, CATALOG, HTTP, VICTORIA, Catalog, NotFoundError, add_routes
+from smap_shared.operations.api import (
+    ALERTS_URL,
+    CATALOG,
+    HTTP,
+    INTAKE,
+    VICTORIA,
+    Catalog,
+    Intake,
+    NotFoundError,
+    add_routes,
+)
+from smap_shared.operations.ingest import TelemetryWriter
 from smap_shared.operations.live import Hub, Subscription, run_feed
 from smap_shared.operations.openapi import openapi_document
 from smap_shared.operations.params import ParamError
 from smap_shared.operations.vm import VictoriaClient, VictoriaQueryError, VictoriaUnavailableError
 from smap_shared.settings import OperationServerSettings
 from smap_shared.streaming.metrics import LATENCY_BUCKETS
-from smap_shared.streaming.validation import entity_widths
+from smap_shared.streaming.validation import entity_widths, sane_ranges
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +212,8 @@ def make_catalog(settings: OperationServerSettings) -> Catalog:
 PUBLIC_ROUTES = frozenset({"/", "/healthz", "/api/openapi.json"}) | AUTH_PUBLIC
 PUBLIC_PREFIXES = ("/static/", "/vendor/")
 #: The proxied alert routes need what the alert manager itself asks for (it checks again).
-PERMISSIONS: dict[tuple[str, str], RoutePermission] = {**AUTH_ROUTES, **ALERT_PERMISSIONS}
+PERMISSIONS: dict[tuple[str, str], RoutePermission] = {**AUTH_ROUTES, **ALERT_PERMISSIONS,
+                                                       ("POST", "/api/smap/telemetry"): "ingest"}
 
 
 def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = None,
@@ -212,7 +224,11 @@ def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = Non
     app = web.Application(middlewares=[json_errors, auth_middleware(auth)], client_max_size=schemas.MAX_BODY_BYTES)
     app[POLICY] = auth
     add_auth_routes(app)
-    app[CATALOG] = catalog or make_catalog(settings)
+    app[CATALOG] = catalog = catalog or make_catalog(settings)
+    spans = settings.trigger_plausible_spans
+    app[INTAKE] = intake = Intake(
+        sane_ranges(catalog.fleet, default_source(settings.smap_data_dir), spans) if spans > 0 else None,
+        TelemetryWriter(settings.kafka_bootstrap_servers, settings.telemetry_topic, settings.dlq_topic))
     app[ALERTS_URL] = settings.alert_manager_url
     app[HUB] = Hub(queue_max=settings.ws_queue_max)
     app[FEED_READY] = asyncio.Event()
@@ -249,6 +265,8 @@ def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = Non
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(feed, 15)
         await app[HUB].close_all()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(intake.writer.close(), 15)
         await session.close()
 
     app.cleanup_ctx.append(clients)

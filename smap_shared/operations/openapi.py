@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from smap_shared.alerting.shelving import MAX_SHELVE_S, SCOPES
+from smap_shared.operations.ingest import MAX_INGEST_BYTES, MAX_INGEST_FRAMES
 from smap_shared.operations.params import DEFAULT_POINTS, MAX_POINTS, MAX_RANGE_S
 
 _NUMS = {"type": "array", "items": {"type": ["number", "null"]}}
@@ -72,6 +73,27 @@ def openapi_document() -> dict[str, Any]:
                      "description": "A stream whose latest frame is older than this is stale."}],
                 "responses": {"200": _resp("The fleet", {"$ref": "#/components/schemas/FleetView"}),
                               **_errors(400)},
+            }},
+            "/api/smap/telemetry": {"post": {
+                "summary": "Feed telemetry over HTTP (ingest or admin role): a batch of frames in the "
+                           "smap-telemetry message format, each checked exactly as the trigger checks a record, "
+                           "written to the telemetry topic (acks=all) before the answer; rejected frames are "
+                           "dead-lettered and answered with their reason. Resending a batch is safe (a stream's "
+                           "frame index is applied once).",
+                "requestBody": {"content": {"application/json": {"schema": {"oneOf": [
+                    {"type": "object", "required": ["frames"], "properties": {"frames": {
+                        "type": "array", "maxItems": MAX_INGEST_FRAMES,
+                        "items": {"$ref": "#/components/schemas/TelemetryFrame"}}}},
+                    {"type": "array", "maxItems": MAX_INGEST_FRAMES,
+                     "items": {"$ref": "#/components/schemas/TelemetryFrame"}}]}}},
+                    "description": f"At most {MAX_INGEST_BYTES // (1024 * 1024)} MiB."},
+                "responses": {
+                    "200": _resp("Every frame accepted", {"$ref": "#/components/schemas/IngestAnswer"}),
+                    "422": _resp("Some frames rejected (the accepted ones are written)",
+                                 {"$ref": "#/components/schemas/IngestAnswer"}),
+                    "413": _resp("Body too large", _ERROR),
+                    "503": _resp("The broker did not confirm: resend (Retry-After)", _ERROR),
+                    **_errors(400, 401, 403)},
             }},
             "/api/smap/entity/{entity}/overview": {"get": {
                 "summary": "Anomaly score, detections, detector signal, threshold and ground truth over time",
@@ -241,6 +263,20 @@ def openapi_document() -> dict[str, Any]:
                                                   "severity": {"type": ["string", "null"]},
                                                   "ids": {"type": "array", "items": {"type": "integer"}}}},
                     }}}}}}}},
+            "TelemetryFrame": {"type": "object", "required": ["satellite_id", "entity", "timestamp", "index",
+                                                               "sensors"], "properties": {
+                "satellite_id": {"type": "string", "example": "SAT-001"}, "entity": {"type": "string",
+                                                                                    "example": "A-1"},
+                "timestamp": {"type": "string", "format": "date-time"}, "index": {"type": "integer", "minimum": 0},
+                "sensors": {"type": "object", "additionalProperties": {"type": "number"},
+                            "description": "sensor_0..sensor_<n-1>, all of the entity's sensors"},
+                "ground_truth_labels": {"type": "object", "additionalProperties": {"enum": [0, 1]}},
+                "run_id": {"type": ["string", "null"]}, "sequence_start": {"type": "boolean"}}},
+            "IngestAnswer": {"type": "object", "properties": {
+                "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+                "frames": {"type": "array", "items": {"type": "object", "properties": {
+                    "position": {"type": "integer"}, "stream_id": {"type": ["string", "null"]},
+                    "status": {"enum": ["accepted", "rejected"]}, "reason": {"type": "string"}}}}}},
             "Shelf": {"type": "object", "required": ["id", "scope", "target", "reason", "by", "active"],
                       "properties": {
                 "id": {"type": "integer"}, "scope": {"enum": list(SCOPES)}, "target": {"type": "string"},
