@@ -35,7 +35,7 @@ INTERVAL_S = 0.2  # 300 frames in 60 s: about 144 points at the 5-minute window'
 
 @pytest.fixture
 def chain(tmp_path: Path, quick_ckpt_dir: Path) -> Iterator[Chain]:
-    # SMAP_DASHBOARD_CHECKPOINTS: fully trained checkpoints for the README's screenshot (quick ones detect little)
+    # SMAP_DASHBOARD_CHECKPOINTS: fully trained checkpoints for docs/dashboard.png (quick ones detect little)
     ckpts = Path(os.environ.get("SMAP_DASHBOARD_CHECKPOINTS") or quick_ckpt_dir)
     with running_chain(ckpts, ENTITIES, tmp_path, redis_db=10) as c:
         yield c
