@@ -270,6 +270,10 @@ native_start() {
       || PROBLEMS+=("could not create the first admin (python -m smap_shared.auth bootstrap)")
   fi
   write_config
+  # VictoriaMetrics' scrape targets for this start's settings (INFERENCE_SHARDS may have changed); it
+  # re-reads the file within seconds (scripts/infra.sh started it with -promscrape.config)
+  "$VENV/bin/python" -m smap_shared.infra.scrape --out "$RUN_DIR/promscrape.yml" \
+    || PROBLEMS+=("could not write VictoriaMetrics' scrape targets (python -m smap_shared.infra.scrape)")
   log "starting supervisord ($CONF)"
   "$SUPERVISOR_BIN/supervisord" -c "$CONF"
   local i

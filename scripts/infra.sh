@@ -150,11 +150,19 @@ up_redis() {
 up_victoria_metrics() {
   command -v victoria-metrics >/dev/null || apt_install victoria-metrics
   port_open "$VM_PORT" && { log "victoria-metrics: started by its package install, left alone"; return 0; }
-  local pid
+  local pid scrape=()
   mkdir -p "$RUN_DIR/victoria-metrics"
+  # It scrapes every service's /metrics and Triton's (smap_shared/infra/scrape.py writes the targets from the
+  # services' settings; start-smap.sh rewrites the file at each start, VictoriaMetrics re-reads it).
+  if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -m smap_shared.infra.scrape --out "$RUN_DIR/promscrape.yml"; then
+    scrape=(-promscrape.config="$RUN_DIR/promscrape.yml" -promscrape.configCheckInterval=5s)
+  else
+    log "victoria-metrics: no .venv yet, so no scrape targets (the services' /metrics are not collected)"
+  fi
   # dedup 1ms / latency offset 1s: samples are visible to queries about a second after import.
   pid="$(spawn victoria-metrics victoria-metrics -storageDataPath="$RUN_DIR/victoria-metrics" \
-    -httpListenAddr="$SMAP_BIND_ADDRESS:$VM_PORT" -dedup.minScrapeInterval=1ms -search.latencyOffset=1s)"
+    -httpListenAddr="$SMAP_BIND_ADDRESS:$VM_PORT" -dedup.minScrapeInterval=1ms -search.latencyOffset=1s \
+    "${scrape[@]}")"
   record victoria-metrics "$pid" "$VM_PORT"
   wait_http victoria-metrics "http://127.0.0.1:$VM_PORT/health" 60
 }

@@ -336,7 +336,7 @@
   // ------------------------------------------------------------------ alerts
   async function loadAlerts() {
     try {
-      const scope = state.view === "fleet" ? "" : `satellite_id=${encodeURIComponent(state.sat)}&`;
+      const scope = state.view !== "entity" ? "" : `satellite_id=${encodeURIComponent(state.sat)}&`;
       const body = await getJSON(`/api/smap/alerts?${scope}limit=50`);
       state.alerts.clear();
       for (const a of body.alerts || []) state.alerts.set(a.id, a);
@@ -378,7 +378,7 @@
   function renderAlerts() {
     const list = $("alerts");
     list.innerHTML = "";
-    const fleetWide = state.view === "fleet";
+    const fleetWide = state.view !== "entity";
     const rows = [...state.alerts.values()].filter((a) => fleetWide || a.satellite_id === state.sat)
       .sort((x, y) => y.id - x.id).slice(0, 50);
     $("alerts-title").textContent = fleetWide ? "Alerts, whole fleet" : `Alerts, ${state.sat}`;
@@ -528,16 +528,36 @@
     renderFleetView();
   }
 
-  // ------------------------------------------------------------------ views: #fleet, #entity, #/SAT-001/A-1
+  // ------------------------------------------------------------------ system panel (#system)
+  async function loadSystem() {
+    const body = await getJSON("/api/smap/system");
+    const num = (v, digits = 1) => (v == null ? "–" : Number(v).toFixed(digits));
+    const rows = body.services.map((s) => {
+      const tr = el("tr", { className: s.up === 0 ? "down" : "" });
+      for (const text of [s.job, s.up == null ? "–" : s.up === 1 ? "up" : "DOWN", num(s.per_s), num(s.lag, 0),
+        num(s.retries_1h, 0), num(s.dead_letters, 0), s.blocked == null ? "–" : s.blocked ? "BLOCKED" : "no"]) {
+        tr.appendChild(el("td", { textContent: text }));
+      }
+      return tr;
+    });
+    $("system-table").tBodies[0].replaceChildren(...rows);
+    const down = body.services.filter((s) => s.up === 0).length;
+    $("system-summary").textContent = body.services.length
+      ? `${body.services.length} services, ${down} down · ${new Date(body.time * 1000).toLocaleTimeString()}`
+      : "no scraped services yet (VictoriaMetrics scrapes every 10 s)";
+  }
+
+  // ------------------------------------------------------------------ views: #fleet, #entity, #system, #/SAT-001/A-1
   function showView(name) {
     const changed = state.view !== name;
     state.view = name;
-    $("fleet-view").hidden = name !== "fleet";
-    $("entity-view").hidden = name !== "entity";
-    $("view-fleet").classList.toggle("on", name === "fleet");
-    $("view-entity").classList.toggle("on", name === "entity");
+    for (const v of ["fleet", "entity", "system"]) {
+      $(`${v}-view`).hidden = name !== v;
+      $(`view-${v}`).classList.toggle("on", name === v);
+    }
     if (name === "entity") resizeCharts();
-    else loadFleetView().catch(showError);
+    else if (name === "fleet") loadFleetView().catch(showError);
+    else loadSystem().catch(showError);
     if (changed) { renderAlerts(); loadAlerts(); }
   }
   async function route() {
@@ -548,7 +568,7 @@
       if (sat !== state.sat) await selectSatellite(sat);
       if (entity !== state.entity) await selectEntity(entity);
     } else {
-      showView(location.hash === "#entity" ? "entity" : "fleet");
+      showView({ "#entity": "entity", "#system": "system" }[location.hash] || "fleet");
     }
   }
 
@@ -599,7 +619,10 @@
     await route();
     setInterval(() => loadFleet().catch(() => {}), 30000);
     setInterval(() => loadAlerts(), 30000);
-    setInterval(() => { if (state.view === "fleet") loadFleetView().catch(() => {}); }, FLEET_REFRESH_MS);
+    setInterval(() => {
+      if (state.view === "fleet") loadFleetView().catch(() => {});
+      else if (state.view === "system") loadSystem().catch(() => {});
+    }, FLEET_REFRESH_MS);
   }
   main().catch(showError);
 })();

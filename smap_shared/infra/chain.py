@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smap_shared.infra.ports import free_port, wait_port
+from smap_shared.infra.scrape import Target, scrape_config
 from smap_shared.model.streams import RedisStateStore
 from smap_shared.triton.launcher import TritonServer
 from smap_shared.triton.repository import generate
@@ -45,14 +46,17 @@ def tansu_command(port: int) -> list[str]:
             "--advertised-listener-url", f"tcp://localhost:{port}", "--storage-engine", "memory://tansu/"]
 
 
-def victoria_command(data_dir: Path, port: int) -> list[str]:
+def victoria_command(data_dir: Path, port: int, scrape_config: Path | None = None) -> list[str]:
     """A private VictoriaMetrics with the flags of scripts/infra.sh: ms dedup (one sample per series and
-    frame) and a 1 s latency offset (imported samples answer queries about a second later)."""
+    frame), a 1 s latency offset (imported samples answer queries about a second later) and, given
+    `scrape_config`, the scrape targets in that file (re-read every second)."""
     binary = shutil.which("victoria-metrics")
     if binary is None:
         raise RuntimeError("victoria-metrics not installed (scripts/infra.sh up installs it)")
+    scrape = ([f"-promscrape.config={scrape_config}", "-promscrape.configCheckInterval=1s"]
+              if scrape_config is not None else [])
     return [binary, f"-storageDataPath={data_dir}", f"-httpListenAddr=127.0.0.1:{port}",
-            "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=1s", "-loggerLevel=WARN"]
+            "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=1s", "-loggerLevel=ERROR", *scrape]
 
 
 def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT
@@ -129,9 +133,26 @@ class Chain:
             self.metrics_ports[name] = int(env["METRICS_PORT"]) + int(env.get("SHARD_INDEX", "0"))
         self.procs[name] = spawn(cmd, self.logs / f"{name}.log", env, cwd)
 
+    @property
+    def scrape_file(self) -> Path:
+        return self.workdir / "promscrape.yml"
+
+    def scrape_services(self, interval_s: float = 1.0) -> None:
+        """Point the chain's VictoriaMetrics at every started service's /metrics and each Triton's metrics
+        (as start-smap.sh does natively); it picks the file up within a second."""
+        jobs = {"trigger": "smap-inference-trigger", "consumer": "smap-victoria-consumer",
+                "simulator": "smap-simulator"}
+        targets = [Target(jobs.get(name, "smap-analysis-worker" if name.startswith("worker") else name),
+                          f"127.0.0.1:{port}") for name, port in self.metrics_ports.items()]
+        targets += [Target("triton", f"127.0.0.1:{server.metrics_port}") for server in self.servers]
+        tmp = self.scrape_file.with_suffix(".tmp")
+        tmp.write_text(scrape_config(targets, interval_s))
+        tmp.replace(self.scrape_file)
+
     def start_infra(self) -> None:
         self._spawn("tansu", tansu_command(self.kafka_port))
-        self._spawn("victoria-metrics", victoria_command(self.workdir / "vm", self.vm_port))
+        self.scrape_file.write_text(scrape_config([]))
+        self._spawn("victoria-metrics", victoria_command(self.workdir / "vm", self.vm_port, self.scrape_file))
         rabbit_api("PUT", f"vhosts/{urllib.parse.quote(self.vhost, safe='')}")
         rabbit_api("PUT", f"permissions/{urllib.parse.quote(self.vhost, safe='')}/guest",
                    {"configure": ".*", "write": ".*", "read": ".*"})

@@ -222,6 +222,38 @@ def fleet_body(fleet: Fleet, now: float, lookback_s: float, stale_s: float, last
     }
 
 
+#: The system panel's columns: name -> (PromQL over the scraped /metrics, by job). Counters are per second
+#: over the last minute, or increases over the last hour.
+SYSTEM_QUERIES: dict[str, str] = {
+    "up": "min by (job) (up)",
+    "per_s": 'sum by (job) (rate({__name__=~"smap_simulator_frames_sent_total|smap_trigger_messages_total|'
+             'smap_worker_frames_total|smap_consumer_messages_total|smap_alert_results_total|'
+             'nv_inference_request_success"}[1m]))',
+    "lag": 'max by (job) ({__name__=~"smap_trigger_lag|smap_consumer_lag"})',
+    "retries_1h": 'sum by (job) (increase({__name__=~"smap_worker_retries_total|'
+                  'smap_trigger_publish_retries_total|smap_consumer_import_failures_total"}[1h]))',
+    "dead_letters": 'sum by (job) ({__name__=~"smap_trigger_dead_letters_total|'
+                    'smap_consumer_dead_letters_total"})',
+    "blocked": "max by (job) (smap_worker_blocked)",
+}
+
+
+def system_body(answers: Mapping[str, list[Series]]) -> dict[str, Any]:
+    """One row per scraped job with the SYSTEM_QUERIES columns (None where a job has no such series).
+
+    >>> s = Series({"job": "triton"}, [0.0], [1.0])
+    >>> system_body({"up": [s], "lag": []})["services"]
+    [{'job': 'triton', 'up': 1.0, 'lag': None}]
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for column in answers:
+        for series in answers[column]:
+            job = series.metric.get("job", "")
+            rows.setdefault(job, {"job": job, **dict.fromkeys(answers)})
+            rows[job][column] = series.values[0] if series.values else None
+    return {"services": [rows[j] for j in sorted(rows)]}
+
+
 # ---------------------------------------------------------------- handlers
 
 
@@ -353,6 +385,13 @@ async def ingest_telemetry(request: web.Request) -> web.Response:
                               "frames": [c.answer() for c in checks]}, status=422 if rejected else 200)
 
 
+async def system(request: web.Request) -> web.Response:
+    """GET /api/smap/system: per service up, throughput, lag, retries, dead letters (system_body)."""
+    vm, now = request.app[VICTORIA], time.time()
+    answers = await asyncio.gather(*(vm.query(q, now) for q in SYSTEM_QUERIES.values()))
+    return web.json_response({"time": now, **system_body(dict(zip(SYSTEM_QUERIES, answers, strict=True)))})
+
+
 async def entity_overview(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     entity = request.match_info["entity"]
@@ -430,6 +469,7 @@ async def forward(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/smap/satellites", satellites)
     app.router.add_get("/api/smap/fleet", fleet)
+    app.router.add_get("/api/smap/system", system)
     app.router.add_post("/api/smap/telemetry", ingest_telemetry)
     app.router.add_get("/api/smap/entity/{entity}/overview", entity_overview)
     app.router.add_get("/api/smap/entity/{entity}/sensors", sensor_snapshot)

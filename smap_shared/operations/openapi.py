@@ -74,6 +74,16 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _resp("The fleet", {"$ref": "#/components/schemas/FleetView"}),
                               **_errors(400)},
             }},
+            "/api/smap/system": {"get": {
+                "summary": "Per scraped service (job): up, throughput per second (1 min), lag, retries (1 h), "
+                           "dead letters, blocked -- from the services' /metrics that VictoriaMetrics scrapes",
+                "responses": {"200": _resp("Services", {"type": "object", "properties": {
+                    "time": {"type": "number"}, "services": {"type": "array", "items": {
+                        "type": "object", "properties": {"job": {"type": "string"}, **{
+                            k: {"type": ["number", "null"]} for k in
+                            ("up", "per_s", "lag", "retries_1h", "dead_letters", "blocked")}}}}}}),
+                    **_errors(503)},
+            }},
             "/api/smap/telemetry": {"post": {
                 "summary": "Feed telemetry over HTTP (ingest or admin role): a batch of frames in the "
                            "smap-telemetry message format, each checked exactly as the trigger checks a record, "
