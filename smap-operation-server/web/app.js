@@ -547,17 +547,41 @@
       : "no scraped services yet (VictoriaMetrics scrapes every 10 s)";
   }
 
+  // ------------------------------------------------------------------ performance (#performance)
+  function perfRow(name, p, total = false) {
+    const f = (v, d = 3) => (v == null ? "–" : Number(v).toFixed(d));
+    const v = p.verdicts;
+    const cells = [name, p.streams, p.frames, `${p.event.tp} / ${p.event.fp} / ${p.event.fn}`, f(p.event.precision),
+      f(p.event.recall), f(p.event.f1), f(p.point.f1), p.delay.mean_frames == null ? "–" :
+        `${f(p.delay.mean_frames, 1)} frames (${f(p.delay.mean_s, 1)} s)`, f(p.false_alarms_per_day, 1),
+      `${v.true_anomaly} / ${v.false_alarm} / ${v.rare_nominal_event}`, f(v.alarm_precision, 2)];
+    const tr = el("tr", { className: total ? "total" : "" });
+    for (const c of cells) tr.appendChild(el("td", { textContent: String(c) }));
+    tr.dataset.name = name;
+    return tr;
+  }
+  async function loadPerformance() {
+    const body = await getJSON(`/api/smap/performance?window=${$("performance-window").value}`);
+    const rows = (table, items) => $(table).tBodies[0].replaceChildren(
+      ...Object.entries(items).map(([k, p]) => perfRow(k, p)), perfRow("fleet", body.fleet, true));
+    rows("performance-table", body.entities);
+    rows("performance-satellites", body.satellites);
+    $("performance-summary").textContent = `${body.fleet.frames} labelled frames of ${body.fleet.streams} streams` +
+      (body.verdicts_source === "ok" ? "" : "; verdicts unavailable (alert manager)");
+  }
+
   // ------------------------------------------------------------------ views: #fleet, #entity, #system, #/SAT-001/A-1
   function showView(name) {
     const changed = state.view !== name;
     state.view = name;
-    for (const v of ["fleet", "entity", "system"]) {
+    for (const v of ["fleet", "entity", "performance", "system"]) {
       $(`${v}-view`).hidden = name !== v;
       $(`view-${v}`).classList.toggle("on", name === v);
     }
     if (name === "entity") resizeCharts();
     else if (name === "fleet") loadFleetView().catch(showError);
-    else loadSystem().catch(showError);
+    else if (name === "performance") loadPerformance().catch((err) => { $("performance-summary").textContent = err.message; });
+    else loadSystem().catch((err) => { $("system-summary").textContent = err.message; });
     if (changed) { renderAlerts(); loadAlerts(); }
   }
   async function route() {
@@ -568,7 +592,7 @@
       if (sat !== state.sat) await selectSatellite(sat);
       if (entity !== state.entity) await selectEntity(entity);
     } else {
-      showView({ "#entity": "entity", "#system": "system" }[location.hash] || "fleet");
+      showView({ "#entity": "entity", "#system": "system", "#performance": "performance" }[location.hash] || "fleet");
     }
   }
 
@@ -606,6 +630,7 @@
     $("satellite").onchange = (e) => { showView("entity"); selectSatellite(e.target.value).catch(showError); };
     $("entity").onchange = (e) => { showView("entity"); selectEntity(e.target.value).catch(showError); };
     $("fleet-filter").onchange = () => renderFleetView();
+    $("performance-window").onchange = () => loadPerformance().catch((err) => { $("performance-summary").textContent = err.message; });
     $("fleet-search").oninput = () => renderFleetView();
     window.addEventListener("hashchange", () => route().catch(showError));
     $("sensor").onchange = (e) => selectSensor(e.target.value).catch(showError);

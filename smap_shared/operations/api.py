@@ -39,7 +39,15 @@ from smap_shared.operations.params import (
     parse_range,
     parse_time,
 )
-from smap_shared.operations.vm import Series, VictoriaClient, VictoriaUnavailableError, align, rollup
+from smap_shared.operations.performance import performance_body
+from smap_shared.operations.vm import (
+    SampleLimitError,
+    Series,
+    VictoriaClient,
+    VictoriaUnavailableError,
+    align,
+    rollup,
+)
 from smap_shared.schemas import SENSOR_KEY
 from smap_shared.streaming.validation import SaneRange
 
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STALE_S = 60.0
 MAX_FLEET_ALERTS = 1000  # the alert API's largest page
+MAX_PERFORMANCE_SAMPLES = 1_000_000  # per series kind in one request: 1,000 streams x 16 min at 1 Hz (~130 MB)
 
 SCORE, DETECTED, THRESHOLD = "smap_anomaly_score", "smap_anomaly_detected", "smap_anomaly_threshold"
 SIGNAL, GROUND_TRUTH, CAUSE = "smap_detector_signal", "smap_ground_truth_anomaly", "smap_alarm_cause"
@@ -314,20 +323,20 @@ async def satellites(request: web.Request) -> web.Response:
     return web.json_response(body, headers={"X-Victoria-Status": victoria})
 
 
-async def _open_alerts(request: web.Request) -> list[Mapping[str, Any]] | None:
-    """The open alerts from the alert manager, as the caller (their credentials); None when unavailable."""
+async def _alerts(request: web.Request, params: Mapping[str, str]) -> list[Mapping[str, Any]] | None:
+    """Alerts from the alert manager as the caller sees them (their credentials); None when unavailable."""
     url = request.app[ALERTS_URL].rstrip("/") + "/api/smap/alerts"
     headers = {h: request.headers[h] for h in FORWARDED_CREDENTIALS if h in request.headers}
     try:
-        async with request.app[HTTP].get(url, params={"open": "true", "limit": str(MAX_FLEET_ALERTS)},
+        async with request.app[HTTP].get(url, params={**params, "limit": str(MAX_FLEET_ALERTS)},
                                          headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
             if resp.status != 200:
-                log.warning("open alerts for the fleet view: HTTP %d from %s", resp.status, url)
+                log.warning("alerts: HTTP %d from %s", resp.status, url)
                 return None
             body = await resp.json()
             return list(body["alerts"])
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
-        log.warning("open alerts for the fleet view unavailable: %r", exc)
+        log.warning("alerts unavailable: %r", exc)
         return None
 
 
@@ -340,7 +349,7 @@ async def fleet(request: web.Request) -> web.Response:
     window = max(1, round(lookback * 1000))
     vm = request.app[VICTORIA]
     victoria = "ok"
-    alerts_task = asyncio.ensure_future(_open_alerts(request))
+    alerts_task = asyncio.ensure_future(_alerts(request, {"open": "true"}))
     try:
         lasts, stamps = await asyncio.gather(
             vm.query(rollup("last_over_time", [SCORE, DETECTED, SIGNAL, THRESHOLD], {}, window), now),
@@ -383,6 +392,30 @@ async def ingest_telemetry(request: web.Request) -> web.Response:
     rejected = sum(c.problem is not None for c in checks)
     return web.json_response({"accepted": len(checks) - rejected, "rejected": rejected,
                               "frames": [c.answer() for c in checks]}, status=422 if rejected else 200)
+
+
+async def performance(request: web.Request) -> web.Response:
+    """GET /api/smap/performance?window=24h (or start, end): detection quality of what the chain stored,
+    per entity, satellite and stream (performance.py), with the operators' verdicts on alerts started in
+    the range."""
+    catalog = request.app[CATALOG]
+    tr = parse_range(request.query, time.time())
+    vm = request.app[VICTORIA]
+    alerts_task = asyncio.ensure_future(_alerts(request, {}))
+    try:
+        got = await asyncio.gather(*(vm.export(f'{{__name__="{name}"}}', tr.start, tr.end, MAX_PERFORMANCE_SAMPLES)
+                                     for name in (DETECTED, GROUND_TRUTH)))
+    except SampleLimitError as exc:
+        alerts_task.cancel()
+        raise ParamError(str(exc)) from None
+    samples = [{(s.metric.get("satellite_id", ""), s.metric.get("entity", "")): list(zip(s.timestamps, s.values,
+                                                                                       strict=True))
+                for s in series} for series in got]
+    alerts = await alerts_task
+    in_range = None if alerts is None else [
+        a for a in alerts if tr.start <= parse_time(str(a["started_at"]), "started_at") <= tr.end]
+    body = performance_body(catalog.fleet.streams(), samples[0], samples[1], in_range)
+    return web.json_response({**_range_fields(tr), **body})
 
 
 async def system(request: web.Request) -> web.Response:
@@ -470,6 +503,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/smap/satellites", satellites)
     app.router.add_get("/api/smap/fleet", fleet)
     app.router.add_get("/api/smap/system", system)
+    app.router.add_get("/api/smap/performance", performance)
     app.router.add_post("/api/smap/telemetry", ingest_telemetry)
     app.router.add_get("/api/smap/entity/{entity}/overview", entity_overview)
     app.router.add_get("/api/smap/entity/{entity}/sensors", sensor_snapshot)

@@ -74,6 +74,23 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _resp("The fleet", {"$ref": "#/components/schemas/FleetView"}),
                               **_errors(400)},
             }},
+            "/api/smap/performance": {"get": {
+                "summary": "Detection quality of what the chain stored (smap_anomaly_detected against "
+                           "smap_ground_truth_anomaly, frame by frame), per entity, satellite, stream and for the "
+                           "fleet, with the offline evaluation's functions: event level (telemanom), point-wise "
+                           "(no point-adjust), detection delay, false alarms per day of data; and the alarm "
+                           "precision from operators' verdicts on alerts started in the range",
+                "parameters": [p for p in _RANGE_PARAMS if p["name"] != "step"],
+                "responses": {"200": _resp("Performance", {"type": "object", "properties": {
+                    "fleet": {"$ref": "#/components/schemas/Performance"},
+                    "entities": {"type": "object", "additionalProperties": {
+                        "$ref": "#/components/schemas/Performance"}},
+                    "satellites": {"type": "object", "additionalProperties": {
+                        "$ref": "#/components/schemas/Performance"}},
+                    "streams": {"type": "array", "items": {"$ref": "#/components/schemas/Performance"}},
+                    "verdicts_source": {"enum": ["ok", "unavailable"]}}}),
+                    **_errors(400, 503)},
+            }},
             "/api/smap/system": {"get": {
                 "summary": "Per scraped service (job): up, throughput per second (1 min), lag, retries (1 h), "
                            "dead letters, blocked -- from the services' /metrics that VictoriaMetrics scrapes",
@@ -287,6 +304,19 @@ def openapi_document() -> dict[str, Any]:
                 "frames": {"type": "array", "items": {"type": "object", "properties": {
                     "position": {"type": "integer"}, "stream_id": {"type": ["string", "null"]},
                     "status": {"enum": ["accepted", "rejected"]}, "reason": {"type": "string"}}}}}},
+            "Performance": {"type": "object", "properties": {
+                "streams": {"type": "integer"}, "frames": {"type": "integer"}, "segments": {"type": "integer"},
+                "event": {"$ref": "#/components/schemas/Counts"}, "point": {"$ref": "#/components/schemas/Counts"},
+                "delay": {"type": "object", "properties": {
+                    "detected": {"type": "integer"}, "mean_frames": {"type": ["number", "null"]},
+                    "median_frames": {"type": ["number", "null"]}, "mean_s": {"type": ["number", "null"]}}},
+                "false_alarms_per_day": {"type": ["number", "null"]},
+                "verdicts": {"type": "object", "properties": {
+                    "true_anomaly": {"type": "integer"}, "false_alarm": {"type": "integer"},
+                    "rare_nominal_event": {"type": "integer"}, "judged": {"type": "integer"},
+                    "alarm_precision": {"type": ["number", "null"]}}}}},
+            "Counts": {"type": "object", "properties": {k: {"type": "number"} for k in
+                                                        ("tp", "fp", "fn", "precision", "recall", "f1")}},
             "Shelf": {"type": "object", "required": ["id", "scope", "target", "reason", "by", "active"],
                       "properties": {
                 "id": {"type": "integer"}, "scope": {"enum": list(SCOPES)}, "target": {"type": "string"},

@@ -6,6 +6,7 @@ turns into 503; a query VictoriaMetrics rejects (4xx) is VictoriaQueryError, a b
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ def parse_matrix(body: Mapping[str, Any]) -> list[Series]:
     return out
 
 
+class SampleLimitError(ValueError):
+    """An export would hold more samples than the caller allows (a client error: narrow the range)."""
+
+
 class VictoriaClient:
     def __init__(self, base_url: str, session: aiohttp.ClientSession, timeout_s: float) -> None:
         self.base_url = base_url.rstrip("/")
@@ -99,6 +104,42 @@ class VictoriaClient:
 
     async def query(self, query: str, at: float) -> list[Series]:
         return await self._get("/api/v1/query", {"query": query, "time": f"{at:.3f}", "nocache": "1"})
+
+    async def export(self, match: str, start: float, end: float, max_samples: int) -> list[Series]:
+        """Every raw sample of the series matching `match` in [start, end] (/api/v1/export: no step, no
+        rollup); SampleLimitError past `max_samples` in all."""
+        params = {"match[]": match, "start": f"{start:.3f}", "end": f"{end:.3f}"}
+        out: list[Series] = []
+        total = 0
+        try:
+            async with self.session.get(self.base_url + "/api/v1/export", params=params,
+                                        timeout=self.timeout) as resp:
+                if resp.status >= 500:
+                    raise VictoriaUnavailableError(f"VictoriaMetrics answered {resp.status}")
+                if resp.status >= 400:
+                    raise VictoriaQueryError(f"VictoriaMetrics rejected the export ({resp.status}): "
+                                             f"{(await resp.text())[:300]}")
+                buffer = b""
+                async for chunk in resp.content.iter_chunked(1 << 16):  # one line per series: can be long
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            total += self._export_line(line, out)
+                    if total > max_samples or len(buffer) > max_samples * 64:
+                        raise SampleLimitError(f"more than {max_samples} samples in the range: narrow it")
+                if buffer.strip():
+                    total += self._export_line(buffer, out)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise VictoriaUnavailableError(f"VictoriaMetrics unreachable: {exc!r}") from exc
+        return out
+
+    @staticmethod
+    def _export_line(line: bytes, out: list[Series]) -> int:
+        item = json.loads(line)
+        out.append(Series(dict(item["metric"]), [t / 1000 for t in item["timestamps"]],
+                          [_number(v) for v in item["values"]]))
+        return len(item["timestamps"])
 
     async def healthy(self) -> bool:
         try:

@@ -452,3 +452,15 @@ def test_the_fleet_view_counts_open_alerts_as_the_caller_sees_them(stack: Stack)
     # SAT-002/SAT-003 are not A-1's satellites in the packaged fleet: only SAT-001's alert is a fleet stream's
     assert a1["alerts"] == {"open": 1, "shelved": 0, "severity": "critical", "ids": [stack.alert_ids["SAT-001"]]}
     assert body["summary"]["open_alerts"] == 3
+
+
+def test_performance_counts_the_operators_verdicts(stack: Stack) -> None:
+    url = f"{stack.api}/api/smap/performance?start=2026-11-28T08:00:00Z&end=2026-11-28T10:00:00Z"
+    assert call(url)[0] == 401
+    status, body, _ = call(url, headers=bearer(stack.tokens["vera"]))
+    assert status == 200 and body["verdicts_source"] == "ok"
+    # of the three judged alerts only SAT-001's is a fleet stream's (A-1 flies on SAT-001 in the packaged
+    # fleet): judged a rare nominal event on the page, so no confirmed alarm
+    assert body["entities"]["A-1"]["verdicts"] == {"true_anomaly": 0, "false_alarm": 0, "rare_nominal_event": 1,
+                                                   "judged": 1, "alarm_precision": 0.0}
+    assert body["fleet"]["frames"] == 0  # this stack's VictoriaMetrics holds no results

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +23,13 @@ import pytest
 from kafka_io import produce, read_topic
 
 from smap_shared.data import VendoredSource
+from smap_shared.evaluation.metrics import Counts, event_metrics, point_counts, runs
 from smap_shared.fleet import default_fleet, stream_id
 from smap_shared.infra.chain import Chain, running_chain
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.rules import ALARM_CAUSES
 from smap_shared.model.scorer import Scorer
+from smap_shared.operations.harness import OperationServer
 from smap_shared.schemas import DeadLetter, InferenceResult
 
 pytestmark = pytest.mark.integration
@@ -165,3 +170,51 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
     for r in results:
         ts = int(r.timestamp.timestamp() * 1000)
         assert scores[(r.entity, ts)] == pytest.approx(r.anomaly_score, abs=1e-9)
+
+    if kill_worker:
+        return
+    # Performance per entity (the dashboard's view, GET /api/smap/performance) equals the offline evaluation's
+    # metrics on the same frames: event level, point-wise and delays, from the evaluation's own functions
+    server = OperationServer(chain.workdir / "os", chain.vm_url()).start()
+    try:
+        with urllib.request.urlopen(f"{server.url}/api/smap/performance?window=1h", timeout=60) as resp:
+            perf = json.loads(resp.read())
+        offline_total = {"event": Counts(0, 0, 0), "point": Counts(0, 0, 0)}
+        for sat, entity in STREAMS:
+            data = source.load(entity)
+            seq = data.test[START : START + STEPS]
+            ref = offline[entity].run(seq)
+            truth = data.test_mask()[START : START + STEPS]
+            ev = event_metrics(ref.anomaly_detected, runs(truth))
+            point = point_counts(ref.anomaly_detected, truth)
+            got = perf["entities"][entity]
+            assert got["frames"] == STEPS and got["segments"] == len(runs(truth)), entity
+            assert got["event"] == ev.counts.as_dict() and got["point"] == point.as_dict(), entity
+            delays = [d for d in ev.delays if d is not None]
+            assert got["delay"]["detected"] == len(delays)
+            assert got["delay"]["mean_frames"] == (pytest.approx(np.mean(delays)) if delays else None)
+            assert perf["satellites"][sat]["streams"] == 3
+            offline_total = {"event": offline_total["event"] + ev.counts, "point": offline_total["point"] + point}
+        assert perf["fleet"]["event"] == offline_total["event"].as_dict()
+        assert perf["fleet"]["point"] == offline_total["point"].as_dict()
+        assert perf["verdicts_source"] == "unavailable"  # no alert manager in this chain
+        # the same numbers on the page
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                         args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            page.goto(server.url + "/#performance")
+            page.select_option("#performance-window", "1h")
+            page.wait_for_selector('#performance-table tr[data-name="fleet"]')
+            fleet_row = page.inner_text('#performance-table tr[data-name="fleet"]')
+            e = perf["fleet"]["event"]
+            assert f"{e['tp']} / {e['fp']} / {e['fn']}" in fleet_row and f"{e['f1']:.3f}" in fleet_row
+            assert page.locator("#performance-table tbody tr").count() == len(ENTITIES) + 1
+            page.screenshot(path=str(chain.workdir / "performance.png"), full_page=True)
+            if os.environ.get("SMAP_PERFORMANCE_SCREENSHOT"):
+                shutil.copy(chain.workdir / "performance.png", os.environ["SMAP_PERFORMANCE_SCREENSHOT"])
+            browser.close()
+    finally:
+        server.stop()
