@@ -213,6 +213,34 @@ class SensorContribution(_Frozen):
     error: float  # its reconstruction error at that step
 
 
+class Crossing(_Frozen):
+    """What a rule compared at a frame: `value` against `threshold` (`ratio` = value / threshold)."""
+
+    what: Literal["detector_signal", "anomaly_score", "sensor_error"]
+    value: float
+    threshold: float
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.threshold if self.threshold else None
+
+
+class TripEvidence(_Frozen):
+    """The frame that opened an alert (its rule's first matching frame): the sensor with the largest
+    reconstruction error there, its value against its reconstruction, what was crossed and by how much, and
+    why the detector alarmed. Notifications and the page show it; the dashboard link opens that time."""
+
+    index: int
+    at: UtcDatetime
+    sensor: str
+    value: float
+    reconstruction: float
+    error: float
+    anomaly_score: float
+    crossing: Crossing | None = None  # None: the frame carries no detector signal (results of old models)
+    alarm_causes: list[str] = Field(default_factory=list)
+
+
 class AlertEvent(_Frozen):
     """One alert lifecycle event (a transition or an acknowledgement), published by the alert manager
     and forwarded to dashboard clients on the WebSocket."""
@@ -236,4 +264,5 @@ class AlertEvent(_Frozen):
     at: UtcDatetime  # when this event happened (frame timestamp)
     acknowledged: bool = False
     shelved: bool = False  # an active shelf covers the alert: recorded, its notifications held
+    evidence: TripEvidence | None = None  # the frame that opened the alert
     message: str = ""

@@ -153,6 +153,9 @@ class AlertManagerSettings(_AuthSettings):
     smtp_password: str = ""
     smtp_starttls: bool = False
     alert_email_from: str = "smap-alerts@localhost"
+    #: Where notifications link to: the dashboard's address as the recipients reach it (behind a proxy: its
+    #: public URL); each notification links to the alert's entity at the time it opened.
+    alert_dashboard_url: str = "http://localhost:8000"
     alert_email_to: str = ""  # comma-separated
     #: Outbox delivery: per-attempt timeout, exponential backoff between attempts (capped), attempts before
     #: a notification is marked failed, and how many notifications are sent concurrently.

@@ -9,7 +9,7 @@
   const state = {
     fleet: [], sat: null, entity: null, sensor: "sensor_0", windowS: 3600,
     overview: null, sensorData: null, bars: null, liveCount: 0, liveTotal: 0,
-    alerts: new Map(), ws: null, wsOpened: false, dirty: false, view: null,
+    alerts: new Map(), ws: null, wsOpened: false, dirty: false, view: null, at: null,
   };
   window.smapDashboard = state; // for the browser test and for poking around in the console
 
@@ -213,20 +213,27 @@
     $("cause").textContent = stateName === "anomaly" ? causeText(causes) : "";
   }
   // ------------------------------------------------------------------ history
+  // the entity view's range: the window ending now (live), or centred on state.at (an alert's link)
+  function rangeParams() {
+    if (state.at == null) return `window=${$("window").value}`;
+    const half = state.windowS / 2;
+    return `start=${(state.at - half).toFixed(3)}&end=${(state.at + half).toFixed(3)}`;
+  }
   async function loadOverview() {
     const entity = state.entity;
-    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/overview?satellite_id=${encodeURIComponent(state.sat)}&window=${$("window").value}`);
+    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/overview?satellite_id=${encodeURIComponent(state.sat)}&${rangeParams()}`);
     if (entity !== state.entity) return;
     body.why = whyOf(body);
     state.overview = body;
-    $("overview-title").textContent = `${body.satellite_id} / ${entity}, threshold ${fmt(body.threshold)}`;
+    $("overview-title").textContent = `${body.satellite_id} / ${entity}, threshold ${fmt(body.threshold)}` +
+      (state.at == null ? "" : ` · around ${new Date(state.at * 1000).toLocaleString()} (not live: pick the entity again for live)`);
     const at = body.timestamps.lastIndexOf(body.current.timestamp);
     setState(body.current.state, at >= 0 ? body.why[at] : []);
     scheduleRender();
   }
   async function loadSensor() {
     const { entity, sensor } = state;
-    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensor/${sensor}?satellite_id=${encodeURIComponent(state.sat)}&window=${$("window").value}`);
+    const body = await getJSON(`/api/smap/entity/${encodeURIComponent(entity)}/sensor/${sensor}?satellite_id=${encodeURIComponent(state.sat)}&${rangeParams()}`);
     if (entity !== state.entity || sensor !== state.sensor) return;
     state.sensorData = body;
     $("sensor-title").textContent = `${entity} / ${sensor}`;
@@ -283,7 +290,7 @@
       sat.status[m.entity] = { state: m.anomaly_detected ? "anomaly" : "normal", anomaly_score: m.anomaly_score };
       if (before !== sat.status[m.entity].state && m.satellite_id === state.sat) renderEntityOptions();
     }
-    if (m.entity !== state.entity) return;
+    if (m.entity !== state.entity || m.satellite_id !== state.sat || state.at != null) return;
     state.liveCount += 1;
     $("live-count").textContent = String(state.liveCount);
     const t = Date.parse(m.timestamp) / 1000;
@@ -352,7 +359,7 @@
     const a = state.alerts.get(ev.alert_id) || { id: ev.alert_id, score_at_firing: ev.score };
     Object.assign(a, { rule: ev.rule, severity: ev.severity, state: ev.state, satellite_id: ev.satellite_id,
       entity: ev.entity, sensor: ev.sensor, top_sensors: ev.top_sensors, started_at: ev.started_at,
-      alarm_causes: ev.alarm_causes || a.alarm_causes });
+      alarm_causes: ev.alarm_causes || a.alarm_causes, evidence: ev.evidence || a.evidence });
     if (ev.event === "firing") { a.fired_at = ev.at; a.score_at_firing = ev.score; }
     if (ev.event === "resolved") a.resolved_at = ev.at;
     if (ev.event === "acknowledged" || ev.acknowledged) a.acknowledged_at = a.acknowledged_at || ev.at;
@@ -369,6 +376,20 @@
     const node = Object.assign(document.createElement(tag), props);
     for (const c of children) node.appendChild(c);
     return node;
+  }
+  const CROSSED = { detector_signal: "detector signal", anomaly_score: "anomaly score", sensor_error: "error" };
+  // what tripped the alert (the alert manager's TripEvidence), in the notification's words
+  function evidenceText(e) {
+    if (!e) return [];
+    const out = [`tripped ${new Date(e.at).toLocaleTimeString()} (frame ${e.index}): ${e.sensor} ${fmt(e.value)} ` +
+      `vs reconstruction ${fmt(e.reconstruction)}`];
+    const c = e.crossing;
+    if (c) {
+      const ratio = c.threshold ? ` = ${(c.value / c.threshold).toFixed(2)}x` : "";
+      out.push(`${CROSSED[c.what]} ${fmt(c.value)} / threshold ${fmt(c.threshold)}${ratio}` +
+        (c.value > c.threshold ? "" : " (under it: the alarm came from the causes)"));
+    }
+    return out;
   }
   function shelfText(shelf) {
     const until = shelf.expires_at ? `until ${new Date(shelf.expires_at).toLocaleTimeString()}` : "until unshelved";
@@ -399,11 +420,17 @@
         top ? `top sensors: ${top}` : "",
         (a.alarm_causes || []).length ? `why: ${causeText(a.alarm_causes)}` : "",
         a.acknowledged_at ? `acknowledged${a.acknowledged_by ? " by " + a.acknowledged_by : ""}` : "",
+        ...evidenceText(a.evidence),
         a.shelf ? shelfText(a.shelf) : "",
         a.notification_held ? "notification held while shelved" : "",
         a.verdict ? `verdict: ${a.verdict.replaceAll("_", " ")}` : "",
       ];
       for (const text of lines.filter(Boolean)) li.appendChild(el("div", { textContent: text }));
+      if (a.evidence) {
+        const at = Math.floor(Date.parse(a.evidence.at) / 1000);
+        li.appendChild(el("a", { className: "at-time", textContent: "open the entity at that time",
+          href: `#/${encodeURIComponent(a.satellite_id)}/${encodeURIComponent(a.entity)}@${at}` }));
+      }
       if (mayOperate() && !a.acknowledged_at && a.state !== "resolved") {
         const btn = el("button", { className: "ack", textContent: "Acknowledge" });
         btn.onclick = () => act(`/api/smap/alerts/${a.id}/ack`, { note: "" }, btn, "Acknowledge");
@@ -585,11 +612,15 @@
     if (changed) { renderAlerts(); loadAlerts(); }
   }
   async function route() {
-    const m = location.hash.match(/^#\/([^/]+)\/([^/]+)$/);
+    const m = location.hash.match(/^#\/([^/]+)\/([^/@]+)(?:@([0-9.]+))?$/);
     if (m) {
       const [sat, entity] = [decodeURIComponent(m[1]), decodeURIComponent(m[2])];
+      const at = m[3] ? Number(m[3]) : null;
+      const timeChanged = at !== state.at;
+      state.at = at;
       showView("entity");
       if (sat !== state.sat) await selectSatellite(sat);
+      else if (entity !== state.entity || timeChanged) await selectEntity(entity);
       if (entity !== state.entity) await selectEntity(entity);
     } else {
       showView({ "#entity": "entity", "#system": "system", "#performance": "performance" }[location.hash] || "fleet");
@@ -627,8 +658,8 @@
     $("logout").onclick = () => logout();
     await ensureLogin();
     makeCharts();
-    $("satellite").onchange = (e) => { showView("entity"); selectSatellite(e.target.value).catch(showError); };
-    $("entity").onchange = (e) => { showView("entity"); selectEntity(e.target.value).catch(showError); };
+    $("satellite").onchange = (e) => { state.at = null; showView("entity"); selectSatellite(e.target.value).catch(showError); };
+    $("entity").onchange = (e) => { state.at = null; showView("entity"); selectEntity(e.target.value).catch(showError); };
     $("fleet-filter").onchange = () => renderFleetView();
     $("performance-window").onchange = () => loadPerformance().catch((err) => { $("performance-summary").textContent = err.message; });
     $("fleet-search").oninput = () => renderFleetView();

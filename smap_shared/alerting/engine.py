@@ -19,7 +19,14 @@ from typing import Any, Literal
 
 from smap_shared.alerting.rules import AlertRule, Consecutive, DetectionsInWindow, ScoreAbove
 from smap_shared.model.rules import cause_names
-from smap_shared.schemas import SENSOR_KEY, AlertState, InferenceResult, SensorContribution
+from smap_shared.schemas import (
+    SENSOR_KEY,
+    AlertState,
+    Crossing,
+    InferenceResult,
+    SensorContribution,
+    TripEvidence,
+)
 
 Phase = Literal["idle", "pending", "firing"]
 LifecycleKey = tuple[str, str]  # (rule name, lifecycle stream key)
@@ -49,6 +56,8 @@ class LifecycleState:
     peak: tuple[tuple[str, float], ...] = ()
     #: the detector's alarm causes (InferenceResult.alarm_cause bits) seen since the alert opened
     causes: int = 0
+    #: the frame that opened the alert (TripEvidence as JSON)
+    evidence: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +66,7 @@ class LifecycleState:
             "hits": [h.isoformat() for h in self.hits], "last_index": self.last_index,
             "last_notified_at": None if self.last_notified_at is None else self.last_notified_at.isoformat(),
             "notified": self.notified, "peak": [list(p) for p in self.peak], "causes": self.causes,
+            "evidence": None if self.evidence is None else dict(self.evidence),
         }
 
     @classmethod
@@ -66,6 +76,7 @@ class LifecycleState:
             hits=tuple(datetime.fromisoformat(h) for h in d["hits"]), last_index=d["last_index"],
             last_notified_at=_ts(d["last_notified_at"]), notified=bool(d["notified"]),
             peak=tuple((str(k), float(v)) for k, v in d.get("peak", [])), causes=int(d.get("causes", 0)),
+            evidence=d.get("evidence"),
         )
 
 
@@ -88,6 +99,7 @@ class Transition:
     notify: bool = False
     message: str = ""
     fired: bool = field(default=False)  # for a resolution: whether the alert had fired
+    evidence: TripEvidence | None = None  # the frame that opened the alert
 
 
 def top_sensors(errors: Mapping[str, float], n: int) -> tuple[SensorContribution, ...]:
@@ -114,7 +126,29 @@ def _absorb(st: LifecycleState, result: InferenceResult) -> LifecycleState:
 
 def _closed(st: LifecycleState, **kw: Any) -> LifecycleState:
     """Back to idle: the alert's counters and evidence are dropped (cooldown bookkeeping stays)."""
-    return replace(st, phase="idle", streak=0, clear=0, since=None, peak=(), causes=0, **kw)
+    return replace(st, phase="idle", streak=0, clear=0, since=None, peak=(), causes=0, evidence=None, **kw)
+
+
+def trip_evidence(rule: AlertRule, result: InferenceResult, sensor: str | None) -> TripEvidence:
+    """What the opening frame showed: the rule's sensor (else the one with the largest error) against its
+    reconstruction, and what the rule crossed there -- a score_above rule its own threshold, the others the
+    detector's signal against the detector's threshold (a value-step or quiet-value alarm trips below it,
+    the causes say why)."""
+    top = sensor or top_sensors(result.sensor_error, 1)[0].id
+    cond = rule.condition
+    crossing: Crossing | None
+    if isinstance(cond, ScoreAbove):
+        what: Literal["anomaly_score", "sensor_error"] = "anomaly_score" if sensor is None else "sensor_error"
+        value = result.anomaly_score if sensor is None else result.sensor_error[sensor]
+        crossing = Crossing(what=what, value=value, threshold=cond.threshold)
+    elif result.detector_signal is not None:
+        crossing = Crossing(what="detector_signal", value=result.detector_signal, threshold=result.threshold)
+    else:
+        crossing = None
+    return TripEvidence(
+        index=result.index, at=result.timestamp, sensor=top, value=result.sensor_values[top],
+        reconstruction=result.reconstruction[top], error=result.sensor_error[top],
+        anomaly_score=result.anomaly_score, crossing=crossing, alarm_causes=result.alarm_causes)
 
 
 def _hit(rule: AlertRule, result: InferenceResult, sensor: str | None) -> bool:
@@ -165,13 +199,14 @@ def step(
             to_state=to, at=at, index=result.index, score=result.anomaly_score, started_at=st.since,
             top_sensors=top_sensors(dict(st.peak), rule.top_sensors),
             alarm_causes=tuple(cause_names(st.causes)), notify=notify, message=message, fired=fired,
+            evidence=None if st.evidence is None else TripEvidence.model_validate(st.evidence),
         ))
 
     if st.phase == "idle":
         if not hit:
             return st, out
-        st = _absorb(replace(st, phase="pending", streak=1, clear=0, since=at, notified=False, peak=(), causes=0),
-                     result)
+        st = _absorb(replace(st, phase="pending", streak=1, clear=0, since=at, notified=False, peak=(), causes=0,
+                             evidence=trip_evidence(rule, result, sensor).model_dump(mode="json")), result)
         emit(None, "pending", message=f"condition {cond.kind} started")
     elif st.phase == "pending":
         still = bool(st.hits) if isinstance(cond, DetectionsInWindow) else hit

@@ -12,13 +12,16 @@ import asyncio
 import smtplib
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
 from smap_shared.alerting.engine import Transition
+from smap_shared.schemas import TripEvidence
 from smap_shared.settings import AlertManagerSettings
 
 NOTIFICATION_HEADER = "X-SMAP-Notification-Id"
@@ -32,7 +35,46 @@ class SendResult:
     permanent: bool = False  # a failure retrying cannot fix (e.g. HTTP 400, recipient refused)
 
 
-def _summary(t: Transition, alert_id: int) -> tuple[str, list[str]]:
+CROSSED = {"detector_signal": "detector signal", "anomaly_score": "anomaly score",
+           "sensor_error": "reconstruction error"}
+
+
+def dashboard_link(base_url: str, satellite_id: str, entity: str, at: datetime) -> str:
+    """The dashboard's entity view around `at` (its #/SAT/ENTITY@unix route).
+
+    >>> from datetime import UTC
+    >>> dashboard_link("http://ops:8000/", "SAT-001", "A-1", datetime(2026, 12, 1, tzinfo=UTC))
+    'http://ops:8000/#/SAT-001/A-1@1796083200'
+    """
+    return f"{base_url.rstrip('/')}/#/{quote(satellite_id)}/{quote(entity)}@{int(at.timestamp())}"
+
+
+def evidence_lines(e: TripEvidence) -> list[str]:
+    """What tripped the alert, in words (notifications; the page writes the same from the alert's JSON).
+
+    >>> from datetime import UTC
+    >>> from smap_shared.schemas import Crossing
+    >>> e = TripEvidence(index=4692, at=datetime(2026, 12, 1, tzinfo=UTC), sensor="sensor_0", value=0.99,
+    ...                  reconstruction=0.42, error=0.325, anomaly_score=0.02,
+    ...                  crossing=Crossing(what="detector_signal", value=0.09, threshold=0.04),
+    ...                  alarm_causes=["error_above_threshold"])
+    >>> for line in evidence_lines(e): print(line)
+    Tripped at frame 4692 (2026-12-01T00:00:00+00:00): sensor_0 = 0.99 vs reconstruction 0.42 (error 0.325)
+    Crossed: detector signal 0.09 > threshold 0.04 (2.25x)
+    """
+    lines = [f"Tripped at frame {e.index} ({e.at.isoformat()}): {e.sensor} = {e.value:.4g} vs reconstruction "
+             f"{e.reconstruction:.4g} (error {e.error:.3g})"]
+    c = e.crossing
+    if c is not None:
+        ratio = c.ratio
+        over = ">" if c.value > c.threshold else "<="
+        lines.append(f"Crossed: {CROSSED[c.what]} {c.value:.4g} {over} threshold {c.threshold:.4g}"
+                     + (f" ({ratio:.2f}x)" if ratio is not None else "")
+                     + ("" if c.value > c.threshold else "; the alarm came from: " + ", ".join(e.alarm_causes)))
+    return lines
+
+
+def _summary(t: Transition, alert_id: int, dashboard_url: str) -> tuple[str, list[str]]:
     where = t.stream_id + (f" {t.sensor}" if t.sensor else "")
     title = f"[{t.rule.severity.upper()}] {t.rule.name} {t.to_state} on {where} (alert #{alert_id})"
     lines = [
@@ -46,6 +88,10 @@ def _summary(t: Transition, alert_id: int) -> tuple[str, list[str]]:
     ]
     if t.alarm_causes:
         lines.append("Why the detector alarmed: " + ", ".join(t.alarm_causes))
+    if t.evidence is not None:
+        lines += evidence_lines(t.evidence)
+    lines.append("Dashboard: " + dashboard_link(dashboard_url, t.satellite_id, t.entity,
+                                                t.evidence.at if t.evidence is not None else t.started_at))
     return title, lines
 
 
@@ -66,7 +112,7 @@ class Renderer:
 
     def render(self, transition: Transition, alert_id: int, notification_id: uuid.UUID
                ) -> list[tuple[str, dict[str, Any]]]:
-        title, lines = _summary(transition, alert_id)
+        title, lines = _summary(transition, alert_id, self.settings.alert_dashboard_url)
         out: list[tuple[str, dict[str, Any]]] = []
         configured = self.configured()
         for channel in transition.rule.channels:

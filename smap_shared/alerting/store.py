@@ -36,7 +36,7 @@ MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 MIGRATION_LOCK = 0x534D4150  # pg advisory lock id ("SMAP"): one migrator at a time
 ALERT_COLUMNS = (
     "id, rule, severity, state, satellite_id, entity, sensor, stream_id, score_at_firing, top_sensors, "
-    "alarm_causes, started_at, fired_at, resolved_at, acknowledged_at, acknowledged_by, notified"
+    "alarm_causes, started_at, fired_at, resolved_at, acknowledged_at, acknowledged_by, notified, evidence"
 )
 #: An alert row `a` with the active shelf covering it (if any) and whether a notification of it is held.
 ALERT_SELECT = (
@@ -141,7 +141,7 @@ def alert_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": iso(row["started_at"]), "fired_at": iso(row["fired_at"]),
         "resolved_at": iso(row["resolved_at"]), "acknowledged_at": iso(row["acknowledged_at"]),
         "acknowledged_by": row["acknowledged_by"], "acknowledged": row["acknowledged_at"] is not None,
-        "notified": row["notified"], "notification_held": row["notification_held"],
+        "notified": row["notified"], "notification_held": row["notification_held"], "evidence": row["evidence"],
         "shelved": row["shelf_id"] is not None, "verdict": row["verdict"],
         "shelf": None if row["shelf_id"] is None else {
             "id": row["shelf_id"], "scope": row["shelf_scope"], "target": row["shelf_target"],
@@ -175,7 +175,7 @@ def _event(t: Transition, alert_id: int, message: str, shelved: bool) -> AlertEv
         event=t.to_state, alert_id=alert_id, rule=t.rule.name, severity=t.rule.severity, state=t.to_state,
         satellite_id=t.satellite_id, entity=t.entity, sensor=t.sensor, stream_id=t.stream_id, score=t.score,
         top_sensors=list(t.top_sensors), alarm_causes=list(t.alarm_causes), started_at=t.started_at, at=t.at,
-        message=message, shelved=shelved,
+        message=message, shelved=shelved, evidence=t.evidence,
     )
 
 
@@ -222,10 +222,11 @@ class AlertStore:
                 if t.from_state is None:
                     cur = await conn.execute(
                         "INSERT INTO alerts (rule, severity, state, satellite_id, entity, sensor, stream_id,"
-                        " stream_key, started_at, first_index) VALUES (%s,%s,'pending',%s,%s,%s,%s,%s,%s,%s)"
-                        " RETURNING id",
+                        " stream_key, started_at, first_index, evidence)"
+                        " VALUES (%s,%s,'pending',%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
                         (t.rule.name, t.rule.severity, t.satellite_id, t.entity, t.sensor, t.stream_id, t.key[1],
-                         t.started_at, t.index))
+                         t.started_at, t.index,
+                         None if t.evidence is None else Jsonb(t.evidence.model_dump(mode="json"))))
                     row = await cur.fetchone()
                     assert row is not None
                     opened[t.key] = alert_id = int(row[0])
@@ -449,7 +450,7 @@ def event_of_alert(alert: Mapping[str, Any], event: str, message: str = "", at: 
         "top_sensors": [SensorContribution.model_validate(s) for s in alert["top_sensors"]],
         "alarm_causes": alert.get("alarm_causes") or [],
         "started_at": alert["started_at"], "at": at, "acknowledged": alert["acknowledged"],
-        "shelved": alert.get("shelved", False), "message": message,
+        "shelved": alert.get("shelved", False), "evidence": alert.get("evidence"), "message": message,
     })
 
 

@@ -245,5 +245,5 @@ def make_result(satellite: str, entity: str, index: int, detected: bool, n: int 
         stream_id=f"{satellite}/{entity}", satellite_id=satellite, entity=entity, model_name=f"smap_{entity}",
         timestamp=T0 + timedelta(seconds=5 * index), index=index, sensor_values=zeros, reconstruction=zeros,
         sensor_error=errors, anomaly_score=sum(errors.values()) / n, anomaly_detected=detected, threshold=1.0,
-        inference_time_ms=1.0)
+        detector_signal=2.0 if detected else 0.5, inference_time_ms=1.0)
     return r.model_dump_json().encode()

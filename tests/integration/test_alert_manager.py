@@ -94,6 +94,15 @@ def test_sigkill_between_firing_and_delivery_delivers_exactly_once(rig: Rig) -> 
     assert len(rig.mails) == 1
     body = rig.hook.delivered()[0]
     assert body["alert_id"] == 1 and "firing on SAT-001/A-1" in body["text"]
+    # it explains itself: the opening frame (index 2, T0 + 10 s), what was crossed, a link to that time
+    section = body["blocks"][1]["text"]["text"]
+    tripped = "Tripped at frame 2 (2026-11-28T09:00:10+00:00): sensor_2 = 0 vs reconstruction 0 (error 2.5)"
+    assert tripped in section
+    assert "Crossed: detector signal 2 > threshold 1 (2.00x)" in section
+    assert "Dashboard: http://localhost:8000/#/SAT-001/A-1@1795856410" in section
+    evidence = rig.manager.get("/api/smap/alerts/1")[1]["evidence"]
+    assert evidence["index"] == 2 and evidence["sensor"] == "sensor_2" and evidence["crossing"] == {
+        "what": "detector_signal", "value": 2.0, "threshold": 1.0}
     assert rig.hook.posts[-1][2] == body["notification_id"]  # the X-SMAP-Notification-Id header
     mail_id = rig.mails[0]["Message-ID"]
     ids = dict(query(rig.db, "SELECT channel, notification_id::text FROM notification_outbox"))

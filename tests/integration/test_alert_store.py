@@ -47,7 +47,8 @@ def db() -> Iterator[str]:
 def test_migrations_are_versioned_and_applied_once(db: str) -> None:
     assert asyncio.run(migrate(db)) == []
     assert query(db, "SELECT version, name FROM schema_migrations ORDER BY version") == [
-        (1, "alert_history"), (2, "alarm_causes"), (3, "users_sessions_audit"), (4, "verdicts"), (5, "shelves")]
+        (1, "alert_history"), (2, "alarm_causes"), (3, "users_sessions_audit"), (4, "verdicts"), (5, "shelves"),
+        (6, "alert_evidence")]
     tables = {t for (t,) in query(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"alerts", "alert_transitions", "alert_acknowledgements", "notification_outbox", "delivery_log",
             "lifecycle_states", "consumer_offsets", "schema_migrations", "users", "api_tokens", "sessions",

@@ -432,6 +432,14 @@ def test_an_operator_shelves_judges_and_unshelves_on_the_page_in_chromium(stack:
         page.click(f"{card} details.actions summary")
         page.click(f"{card} button.unshelve")
         page.wait_for_selector(f"{card}:not(.shelved)")
+        # the card says what tripped the alert, and its link opens the entity at that time
+        text = page.locator(card).inner_text()
+        assert "(frame 2): sensor_2 0.000 vs reconstruction 0.000" in text, text
+        assert "detector signal 2.000 / threshold 1.000 = 2.00x" in text, text
+        page.click(f"{card} a.at-time")
+        page.wait_for_function("document.querySelector('#overview-title').textContent.includes('around')")
+        assert page.evaluate("location.hash") == "#/SAT-001/A-1@1795856410"
+        assert page.locator("#entity-view").is_visible()
         browser.close()
     assert errors == []
     [(shelf_id, expires_in)] = query(

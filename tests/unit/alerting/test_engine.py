@@ -204,3 +204,32 @@ def test_a_frame_too_old_fires_but_does_not_notify() -> None:
     assert (fired["replay"].to_state, fired["replay"].notify) == ("firing", False)
     assert "too old" in fired["replay"].message
     assert (fired["live"].to_state, fired["live"].notify) == ("firing", True)
+
+
+def test_the_opening_frame_is_kept_as_the_alerts_evidence() -> None:
+    engine = Engine([rule()])
+    states: dict[LifecycleKey, LifecycleState] = {}
+    frames = [result(0, False), result(1, True, errors=[0.2, 0.9, 0.4], detector_signal=2.5, alarm_cause=1),
+              result(2, True, errors=[3.0, 0.1, 0.1], detector_signal=4.0), result(3, True)]
+    ts = [t for f in frames for t in engine.evaluate(f, states)]
+    assert [(t.index, t.to_state) for t in ts] == [(1, "pending"), (3, "firing")]
+    for t in ts:  # both transitions carry the frame that opened the alert, not a later one
+        e = t.evidence
+        assert e is not None and (e.index, e.sensor, e.error, e.anomaly_score) == (1, "sensor_1", 0.9, 0.1)
+        assert e.at == T0 + STEP and e.alarm_causes == ["error_above_threshold"]
+        assert e.crossing is not None and (e.crossing.what, e.crossing.value, e.crossing.threshold) == (
+            "detector_signal", 2.5, 1.0) and e.crossing.ratio == 2.5
+    # it survives a restart (the state is persisted as JSON) and is dropped when the alert closes
+    key = ("r", "SAT-001/A-1")
+    assert LifecycleState.from_json(states[key].to_json()) == states[key]
+    for i in range(4, 6):
+        engine.evaluate(result(i, False), states)
+    assert states[key].phase == "idle" and states[key].evidence is None
+
+
+def test_a_score_rule_records_its_own_threshold_as_what_was_crossed() -> None:
+    r = rule(condition={"kind": "score_above", "threshold": 0.5, "duration_s": 0}, sensor="sensor_2")
+    [t, *_] = Engine([r]).evaluate(result(0, False, errors=[0.1, 0.2, 0.8]), {})
+    assert t.evidence is not None and t.evidence.sensor == "sensor_2"
+    assert t.evidence.crossing is not None and (t.evidence.crossing.what, t.evidence.crossing.value,
+                                                t.evidence.crossing.threshold) == ("sensor_error", 0.8, 0.5)

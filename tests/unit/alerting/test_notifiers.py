@@ -45,6 +45,21 @@ def test_both_channels_render_the_alert_with_its_top_sensors_and_a_stable_id() -
     assert why in section and why in email["body"]
 
 
+def test_the_notification_says_what_tripped_it_and_links_the_dashboard_at_that_time() -> None:
+    engine, states = Engine([rule(channels=["slack", "email"])]), {}  # type: ignore[var-annotated]
+    frames = [result(i, True, score=0.42, errors=[0.1, 0.9, 0.5], detector_signal=0.03 if i == 0 else 0.2,
+                     alarm_cause=4) for i in range(3)]
+    [*_, fired] = [t for f in frames for t in engine.evaluate(f, states)]
+    out = dict(Renderer(settings(alert_dashboard_url="https://ops.example/smap/")).render(fired, 7, uuid.uuid4()))
+    opened = int(result(0, True).timestamp.timestamp())
+    for text in (out["slack"]["blocks"][1]["text"]["text"], out["email"]["body"]):
+        tripped = "Tripped at frame 0 (2026-11-28T09:00:00+00:00): sensor_1 = 0 vs reconstruction 0 (error 0.9)"
+        assert tripped in text
+        # the step alarm fired under the detector's threshold: the text says so and names the cause
+        assert "Crossed: detector signal 0.03 <= threshold 1 (0.03x); the alarm came from: value_step" in text
+        assert f"Dashboard: https://ops.example/smap/#/SAT-001/A-1@{opened}" in text
+
+
 def test_unconfigured_channels_are_skipped() -> None:
     assert [c for c, _ in Renderer(settings(smtp_host="")).render(firing(), 1, uuid.uuid4())] == ["slack"]
     assert [c for c, _ in Renderer(settings(alert_email_to="")).render(firing(), 1, uuid.uuid4())] == ["slack"]
