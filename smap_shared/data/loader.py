@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -141,6 +141,40 @@ class VendoredSource:
         return "SMAP"
 
 
+class RelabelledSource:
+    """Another source's arrays scored against the labels of `labels_csv` (telemanom's layout): e.g. the
+    operators' verdicts the alert manager exports (GET /api/smap/verdicts/labeled_anomalies.csv: chan_id =
+    entity, spacecraft = satellite, intervals in the stream's frame indices, which are the test split's rows
+    for a replayed SMAP stream). `spacecraft` keeps that spacecraft's (satellite's) rows; a channel without a
+    row is refused by `dataset`, like any evaluation without labels."""
+
+    def __init__(self, base: DataSource, labels_csv: Path, spacecraft: str | None = None) -> None:
+        self.base = base
+        self.labels_csv = Path(labels_csv)
+        self.spacecraft = spacecraft
+        if not self.labels_csv.is_file():
+            raise FileNotFoundError(f"labels file {self.labels_csv} not found")
+
+    @cached_property
+    def _labelled(self) -> dict[str, tuple[str, list[Interval]]]:
+        have = set(self.base.channels())
+        return {c: v for c, v in load_labelled(self.labels_csv, self.spacecraft).items() if c in have}
+
+    def channels(self) -> list[str]:
+        return self.base.channels()
+
+    def load(self, channel: str) -> ChannelData:
+        return replace(self.base.load(channel), labels=self._labelled.get(channel, ("", []))[1])
+
+    def dataset(self, channels: list[str]) -> str:
+        missing = [c for c in channels if c not in self._labelled]
+        if missing:
+            where = f"rows of {self.spacecraft!r}" if self.spacecraft else "a row"
+            raise LabelError(f"{len(missing)} of {len(channels)} channels have no label row in {self.labels_csv} "
+                             f"({where} needed): {', '.join(missing[:10])}{' ...' * (len(missing) > 10)}")
+        return "+".join(sorted({self._labelled[c][0] for c in channels}))
+
+
 def _checked(data: ChannelData) -> ChannelData:
     if data.train.ndim != 2 or data.test.ndim != 2 or data.train.shape[1] != data.test.shape[1]:
         raise ValueError(f"{data.channel}: train {data.train.shape} and test {data.test.shape} disagree")
@@ -153,7 +187,9 @@ def channel_sort_key(channel: str) -> tuple[str, int]:
     return (letter, int(num) if num.isdigit() else 0)
 
 
-def default_source(root: Path | None = None, spacecraft: str | None = None) -> DataSource:
+def default_source(root: Path | None = None, spacecraft: str | None = None, labels_csv: Path | None = None
+                   ) -> DataSource:
     """The official layout at `root` when given (e.g. $SMAP_DATA_DIR; `spacecraft`: keep its label rows only),
-    else the vendored copy (SMAP)."""
-    return OfficialLayoutSource(root, spacecraft) if root is not None else VendoredSource()
+    else the vendored copy (SMAP); `labels_csv`: score against that file's labels instead (RelabelledSource)."""
+    base: DataSource = OfficialLayoutSource(root, spacecraft) if root is not None else VendoredSource()
+    return RelabelledSource(base, labels_csv, spacecraft) if labels_csv is not None else base

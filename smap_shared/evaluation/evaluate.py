@@ -90,13 +90,14 @@ def _summarise(params: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_channel(
     channel: str, ckpt_dir: str, data_dir: str | None, plots_dir: str | None, cache_dir: str | None,
-    selection: bool = True, spacecraft: str | None = None,
+    selection: bool = True, spacecraft: str | None = None, labels_csv: str | None = None,
 ) -> ChannelResult:
     """Score one channel with every rule (runs in a worker process)."""
     from smap_shared.data import default_source
 
     t0 = time.perf_counter()
-    data = default_source(Path(data_dir) if data_dir else None, spacecraft).load(channel)
+    data = default_source(Path(data_dir) if data_dir else None, spacecraft,
+                          Path(labels_csv) if labels_csv else None).load(channel)
     sc = score_channel(Path(ckpt_dir) / f"{channel}.ckpt", data, Path(cache_dir) if cache_dir else None)
     metrics: dict[str, ChannelMetrics] = {}
     fitted: dict[str, dict[str, Any]] = {}
@@ -230,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="a folder in telemanom's layout, of any spacecraft (default: the vendored SMAP copy)")
     ap.add_argument("--spacecraft", default=None,
                     help="score only this spacecraft's label rows (default: every row whose channel has arrays)")
+    ap.add_argument("--labels", type=Path, default=None,
+                    help="score against this labeled_anomalies.csv instead of the data's, e.g. the operators' "
+                         "verdicts (GET /api/smap/verdicts/labeled_anomalies.csv; --spacecraft: a satellite)")
     ap.add_argument("--score-cache", type=Path, default=None,
                     help="reuse scores of unchanged checkpoints and data (keyed by their content)")
     ap.add_argument("--jobs", type=int, default=2)
@@ -241,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from smap_shared.data import LabelError, default_source
 
-    source = default_source(args.data_dir, args.spacecraft)
+    try:
+        source = default_source(args.data_dir, args.spacecraft, args.labels)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     channels = args.channels or source.channels()
     unknown = sorted(set(channels) - set(source.channels()))
     if unknown:
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         futs = [
             pool.submit(
                 evaluate_channel, ch, str(args.checkpoints), data_dir, plots, cache, not args.no_selection,
-                args.spacecraft,
+                args.spacecraft, str(args.labels) if args.labels else None,
             )
             for ch in channels
         ]

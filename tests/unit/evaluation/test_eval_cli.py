@@ -86,3 +86,27 @@ def test_fit_deployed_rule_uses_the_train_split_as_a_stream(ckpt_dir: Path) -> N
     train = Scorer(ckpt).run(data.train)
     assert rule == DEPLOYED_RULE.fit(train.anomaly_score, train.sensor_error, data.train)
     assert rule_from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
+
+
+def test_the_detector_is_scored_against_operators_verdicts(ckpt_dir: Path, tmp_path: Path) -> None:
+    """The alert manager's verdict export (telemanom's layout, spacecraft = satellite) as the labels."""
+    labels = tmp_path / "labeled_anomalies.csv"
+    labels.write_text("chan_id,spacecraft,anomaly_sequences,class,num_values\n"
+                      'A-6,SAT-002,"[[100, 140], [900, 960]]","[operator_verdict, operator_verdict]",\n'
+                      'A-6,SAT-003,"[[5, 6]]",[operator_verdict],\n')
+    out_json = tmp_path / "v.json"
+    evaluate.main(["--channels", CHANNEL, "--checkpoints", str(ckpt_dir), "--json", str(out_json),
+                   "--md", str(tmp_path / "v.md"), "--no-plots", "--no-selection", "--jobs", "1",
+                   "--labels", str(labels), "--spacecraft", "SAT-002"])
+    rep = json.loads(out_json.read_text())
+    assert rep["dataset"] == "SAT-002" and rep["n_events"] == 2  # the verdicts' events, not SMAP's one
+    assert rep["published"] == []  # SMAP's published numbers do not apply
+    ev = rep["rules"][evaluate.DEPLOYED_RULE]["channels"][CHANNEL]["event"]
+    assert ev["tp"] + ev["fn"] == 2
+    # a satellite without verdict rows is no evaluation at all
+    with pytest.raises(SystemExit, match="no label row"):
+        evaluate.main(["--channels", CHANNEL, "--checkpoints", str(ckpt_dir), "--json", str(out_json),
+                       "--md", str(tmp_path / "v.md"), "--no-plots", "--no-selection", "--jobs", "1",
+                       "--labels", str(labels), "--spacecraft", "SAT-009"])
+    with pytest.raises(SystemExit, match="not found"):
+        evaluate.main(["--labels", str(tmp_path / "missing.csv"), "--channels", CHANNEL])
