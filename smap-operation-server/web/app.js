@@ -63,6 +63,9 @@
           remember(await getJSON("/api/auth/login", { method: "POST", headers: { "Content-Type": "application/json" },
             body: JSON.stringify({ username: $("login-user").value, password: $("login-password").value }) }));
           $("login-password").value = "";
+          // sent here to log in by another page of this server (e.g. /openmct/): back to it
+          const next = new URLSearchParams(location.search).get("next");
+          if (next && next.startsWith("/") && !next.startsWith("//")) { location.href = next; return; }
           $("login").hidden = true;
           showUser();
           resolve();

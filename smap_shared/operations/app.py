@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 SERVICE = "smap-operation-server"
 WEB_SUBDIR = Path("smap-operation-server") / "web"
 UPLOT_DIST = Path("node_modules") / "uplot" / "dist"
+OPENMCT_DIST = Path("node_modules") / "openmct" / "dist"
 
 
 def web_dir(settings: OperationServerSettings) -> Path:
@@ -189,6 +190,13 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(request.app[WEB_DIR] / "index.html")
 
 
+async def openmct_index(request: web.Request) -> web.StreamResponse:
+    """NASA Open MCT with the SMAP plugin (web/openmct/): the fleet's telemetry and the alerts as faults."""
+    if request.path == "/openmct":
+        raise web.HTTPFound("/openmct/")
+    return web.FileResponse(request.app[WEB_DIR] / "openmct" / "index.html")
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -209,7 +217,7 @@ def make_catalog(settings: OperationServerSettings) -> Catalog:
 
 #: Who may call what (smap_shared.auth.web): the page and its assets are public (it shows the login), reads
 #: need `read`, writes the permission named here (`admin` where none is named).
-PUBLIC_ROUTES = frozenset({"/", "/healthz", "/api/openapi.json"}) | AUTH_PUBLIC
+PUBLIC_ROUTES = frozenset({"/", "/openmct", "/openmct/", "/healthz", "/api/openapi.json"}) | AUTH_PUBLIC
 PUBLIC_PREFIXES = ("/static/", "/vendor/")
 #: The proxied alert routes need what the alert manager itself asks for (it checks again).
 PERMISSIONS: dict[tuple[str, str], RoutePermission] = {**AUTH_ROUTES, **ALERT_PERMISSIONS,
@@ -243,6 +251,13 @@ def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = Non
         app.router.add_static("/vendor/uplot/", uplot)
     else:
         log.warning("%s missing: run `npm ci` in %s (the page's charts will not load)", uplot, page)
+    openmct = page / OPENMCT_DIST
+    if openmct.is_dir():
+        app.router.add_static("/vendor/openmct/", openmct)
+    else:
+        log.warning("%s missing: run `npm ci` in %s (/openmct will not load)", openmct, page)
+    app.router.add_get("/openmct", openmct_index)
+    app.router.add_get("/openmct/", openmct_index)
     app.router.add_static("/static/", page)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
