@@ -167,3 +167,76 @@ class Principal:
 
 
 DEV_PRINCIPAL = Principal("local-dev", "admin", "off")
+
+
+@dataclass(frozen=True)
+class ThrottleLimit:
+    scope: Literal["user_address", "address", "user"]
+    max_failures: int
+
+
+#: Failed logins tolerated per 15 minutes: from one address for one user, from one address (an office behind
+#: one NAT tries several users), and for one user from anywhere (a distributed guess). Past a limit the next
+#: attempt is refused (429) until the oldest failure leaves the window, before any password is checked.
+THROTTLE_LIMITS = (ThrottleLimit("user_address", 5), ThrottleLimit("address", 20), ThrottleLimit("user", 50))
+THROTTLE_WINDOW_S = 900.0
+THROTTLE_MAX_KEYS = 10_000  # memory bound: the oldest keys are forgotten first
+
+
+class LoginThrottle:
+    """Failed logins in a sliding window, per user and address (in memory: one process's view).
+
+    >>> t = LoginThrottle(window_s=60)
+    >>> for i in range(5): t.failed("ann", "10.0.0.1", now=float(i))
+    >>> t.retry_after("ann", "10.0.0.1", now=5.0)       # the 6th try from there waits for the 1st to expire
+    55.0
+    >>> t.retry_after("ann", "10.0.0.2", now=5.0) is None  # another address may still try
+    True
+    >>> t.retry_after("ann", "10.0.0.1", now=61.0) is None
+    True
+    >>> t.succeeded("bob", "10.0.0.1"); t.retry_after("bob", "10.0.0.1", now=5.0) is None
+    True
+    """
+
+    def __init__(self, limits: tuple[ThrottleLimit, ...] = THROTTLE_LIMITS, window_s: float = THROTTLE_WINDOW_S,
+                 max_keys: int = THROTTLE_MAX_KEYS) -> None:
+        self.limits = limits
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._failures: dict[tuple[str, str], list[float]] = {}
+
+    @staticmethod
+    def _key(limit: ThrottleLimit, username: str, address: str) -> tuple[str, str]:
+        value = {"user_address": f"{username}@{address}", "address": address, "user": username}[limit.scope]
+        return (limit.scope, value)
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, ()) if t > now - self.window_s]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def retry_after(self, username: str, address: str, now: float) -> float | None:
+        """Seconds until this user may try again from this address; None: now."""
+        waits = []
+        for limit in self.limits:
+            times = self._recent(self._key(limit, username, address), now)
+            if len(times) >= limit.max_failures:
+                waits.append(times[-limit.max_failures] + self.window_s - now)
+        return max(waits) if waits else None
+
+    def failed(self, username: str, address: str, now: float) -> None:
+        for limit in self.limits:
+            key = self._key(limit, username, address)
+            self._failures[key] = [*self._recent(key, now), now]
+        while len(self._failures) > self.max_keys:
+            del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, username: str, address: str) -> None:
+        """A right password clears this user's failures from this address (not the address's or the user's
+        counts elsewhere: one success must not reopen a guess at other accounts)."""
+        for limit in self.limits:
+            if limit.scope == "user_address":
+                self._failures.pop(self._key(limit, username, address), None)

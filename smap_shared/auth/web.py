@@ -18,6 +18,8 @@ import asyncio
 import hmac
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,7 +30,14 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from psycopg_pool import AsyncConnectionPool
 
-from smap_shared.auth.credentials import DEV_PRINCIPAL, Permission, Principal, check_password, is_loopback
+from smap_shared.auth.credentials import (
+    DEV_PRINCIPAL,
+    LoginThrottle,
+    Permission,
+    Principal,
+    check_password,
+    is_loopback,
+)
 from smap_shared.auth.store import AuthError, AuthStore
 from smap_shared.http import json_error
 from smap_shared.streaming.retry import retry_until_done
@@ -92,6 +101,8 @@ class AuthPolicy:
     permissions: Mapping[tuple[str, str], RoutePermission] = field(default_factory=dict)
     cookie_secure: bool = False
     session_hours: float = 12.0
+    #: failed logins per user and address (credentials.THROTTLE_LIMITS)
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     def needed(self, method: str, route: str) -> RoutePermission:
         default: RoutePermission = "read" if method in SAFE_METHODS else "admin"
@@ -227,10 +238,19 @@ async def login(request: web.Request) -> web.Response:
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username or len(password) > 1024:
         return json_error(400, 'body must be {"username": "...", "password": "..."}')
-    result = await store.login(username.strip().lower(), password)
+    name, address, now = username.strip().lower()[:64], request.remote or "", time.monotonic()
+    wait = policy.throttle.retry_after(name, address, now)
+    if wait is not None:  # refused before any password is checked: guessing costs the guesser time
+        await store.audit(None, "login_throttled", name, {"address": address}, username=name)
+        response = json_error(429, f"too many failed logins: try again in {math.ceil(wait)} s")
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
+    result = await store.login(name, password)
     if result is None:
-        await store.audit(None, "login_failed", username[:64], username=username[:64])
+        policy.throttle.failed(name, address, now)
+        await store.audit(None, "login_failed", name, {"address": address}, username=name)
         return json_error(401, "wrong user name or password")
+    policy.throttle.succeeded(name, address)
     who, sid = result
     await store.audit(who, "login")
     response = web.json_response(_me(who, "on"))

@@ -472,3 +472,21 @@ def test_performance_counts_the_operators_verdicts(stack: Stack) -> None:
     assert body["entities"]["A-1"]["verdicts"] == {"true_anomaly": 0, "false_alarm": 0, "rare_nominal_event": 1,
                                                    "judged": 1, "alarm_precision": 0.0}
     assert body["fleet"]["frames"] == 0  # this stack's VictoriaMetrics holds no results
+
+
+def test_password_guessing_is_throttled_before_any_password_is_checked(stack: Stack) -> None:
+    assert call(f"{stack.api}/api/auth/users", "POST", {"username": "tess", "role": "viewer",
+                                                         "password": "tess-password-1234"},
+                bearer(stack.tokens["ada"]))[0] == 201
+    login = f"{stack.api}/api/auth/login"
+    for _ in range(5):
+        assert call(login, "POST", {"username": "tess", "password": "guess"})[0] == 401
+    # the sixth try from this address waits, even with the right password
+    status, body, headers = call(login, "POST", {"username": "tess", "password": "tess-password-1234"})
+    assert status == 429 and "too many failed logins" in body["error"] and 0 < int(headers["Retry-After"]) <= 900
+    assert query(stack.db, "SELECT count(*) FROM audit_log WHERE action = 'login_failed' AND target = 'tess'"
+                 ) == [(5,)]
+    assert query(stack.db, "SELECT detail->>'address' FROM audit_log WHERE action = 'login_throttled'"
+                 ) == [("127.0.0.1",)]
+    # other users from the same address are not locked out by it
+    assert call(login, "POST", {"username": "otto", "password": PASSWORDS["otto"]})[0] == 200
