@@ -197,6 +197,7 @@ def fleet_body(fleet: Fleet, now: float, lookback_s: float, stale_s: float, last
         open_by.setdefault((a["satellite_id"], a["entity"]), []).append(a)
     counts = dict.fromkeys(FLEET_STATES, 0)
     sats = []
+    in_fleet = 0
     for sat in fleet.satellites:
         rows = []
         for entity in sat.entities:
@@ -212,6 +213,7 @@ def fleet_body(fleet: Fleet, now: float, lookback_s: float, stale_s: float, last
                 state = "anomaly" if got.get(DETECTED) else "normal"
             counts[state] += 1
             mine = open_by.get(key, [])
+            in_fleet += len(mine)
             rows.append({
                 "entity": entity, "state": state, "anomaly_score": got.get(SCORE), "detector_signal": signal,
                 "threshold": threshold,
@@ -226,7 +228,7 @@ def fleet_body(fleet: Fleet, now: float, lookback_s: float, stale_s: float, last
     return {
         "time": now, "lookback_s": lookback_s, "stale_s": stale_s,
         "summary": {"streams": sum(counts.values()), **counts,
-                    "open_alerts": None if alerts is None else len(alerts)},
+                    "open_alerts": None if alerts is None else in_fleet},  # of the fleet's streams
         "satellites": sats,
     }
 
@@ -329,7 +331,7 @@ async def _alerts(request: web.Request, params: Mapping[str, str]) -> list[Mappi
     headers = {h: request.headers[h] for h in FORWARDED_CREDENTIALS if h in request.headers}
     try:
         async with request.app[HTTP].get(url, params={**params, "limit": str(MAX_FLEET_ALERTS)},
-                                         headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                                         headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
             if resp.status != 200:
                 log.warning("alerts: HTTP %d from %s", resp.status, url)
                 return None
