@@ -58,10 +58,13 @@ SMAP chain endpoints
                    curl -H "Authorization: Bearer \$SMAP_TOKEN" 'localhost:${OPERATION_PORT:-8000}/api/smap/entity/A-1/overview?window=1h'
                    (a token: SMAP_TOKEN=\$(.venv/bin/python -m smap_shared.auth create-token admin --name curl))
                    WebSocket: ws://localhost:${OPERATION_PORT:-8000}/ws/smap?satellite_id=SAT-001
+                   Open MCT:  http://localhost:${OPERATION_PORT:-8000}/openmct/
+                   HTTP ingest: POST /api/smap/telemetry (docs/ingest.md)
   Triton           http://localhost:$TRITON_HTTP_PORT
                    curl localhost:$TRITON_HTTP_PORT/v2/health/ready
                    curl -X POST localhost:$TRITON_HTTP_PORT/v2/repository/index
-  VictoriaMetrics  http://localhost:$vm   (UI: http://localhost:$vm/vmui)
+  VictoriaMetrics  http://localhost:$vm/api/v1/query   scrape targets: http://localhost:$vm/targets
+                   (no /vmui in Debian's build: PromQL examples in docs/operations.md)
   Flower           http://localhost:5555
   RabbitMQ UI      http://localhost:${RABBITMQ_MGMT_PORT:-15672}  (guest/guest)
   Kafka (Tansu)    localhost:${KAFKA_PORT:-9092}
