@@ -578,6 +578,12 @@
   }
 
   // ------------------------------------------------------------------ performance (#performance)
+  const PERF_COLUMNS = ["streams", "frames", "events TP / FP / FN", "event P", "event R", "event F1", "point F1",
+    "mean delay", "false alarms / day", "verdicts (true / false / rare)", "alarm precision"];
+  function perfHeader(table) {
+    if (table.tHead.rows.length) return;
+    table.tHead.appendChild(el("tr", {}, [table.dataset.first, ...PERF_COLUMNS].map((c) => el("th", { textContent: c }))));
+  }
   function perfRow(name, p, total = false) {
     const f = (v, d = 3) => (v == null ? "–" : Number(v).toFixed(d));
     const v = p.verdicts;
@@ -592,8 +598,11 @@
   }
   async function loadPerformance() {
     const body = await getJSON(`/api/smap/performance?window=${$("performance-window").value}`);
-    const rows = (table, items) => $(table).tBodies[0].replaceChildren(
-      ...Object.entries(items).map(([k, p]) => perfRow(k, p)), perfRow("fleet", body.fleet, true));
+    const rows = (table, items) => {
+      perfHeader($(table));
+      $(table).tBodies[0].replaceChildren(...Object.entries(items).map(([k, p]) => perfRow(k, p)),
+        perfRow("fleet", body.fleet, true));
+    };
     rows("performance-table", body.entities);
     rows("performance-satellites", body.satellites);
     $("performance-summary").textContent = `${body.fleet.frames} labelled frames of ${body.fleet.streams} streams` +

@@ -88,12 +88,33 @@ def parse_limit(query: Any) -> int:
     return limit
 
 
-def _alert_id(request: web.Request) -> int | None:
+def _path_id(request: web.Request, name: str) -> int | None:
+    """The positive integer in path part `name`, or None."""
     try:
-        value = int(request.match_info["alert_id"])
+        value = int(request.match_info[name])
     except ValueError:
         return None
     return value if value > 0 else None
+
+
+def _alert_id(request: web.Request) -> int | None:
+    return _path_id(request, "alert_id")
+
+
+async def _json_body(request: web.Request, example: str) -> Any:
+    """The request's JSON body ({} when empty); ValueError naming `example` when it is not JSON."""
+    raw = await request.read()
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"body must be JSON: {example}") from None
+
+
+async def _publish(request: web.Request, alert_id: int, event: str, message: str) -> None:
+    """The alert's AlertEvent for a change made through the API (shelving), to the live views."""
+    alert = await request.app[STORE].get_alert(alert_id)
+    if alert is not None:
+        await request.app[PUBLISH]([event_of_alert(alert, event, message, at=utc_now())])
 
 
 async def list_alerts(request: web.Request) -> web.Response:
@@ -132,11 +153,8 @@ async def acknowledge(request: web.Request) -> web.Response:
     alert_id = _alert_id(request)
     if alert_id is None:
         return json_error(400, "alert id must be a positive integer")
-    raw = await request.read()
     try:
-        note = parse_ack(json.loads(raw) if raw.strip() else {})
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return json_error(400, 'body must be JSON: {"note": "..."}')
+        note = parse_ack(await _json_body(request, '{"note": "..."}'))
     except ValueError as exc:
         return json_error(400, str(exc))
     who = principal(request)
@@ -164,23 +182,13 @@ async def verdict(request: web.Request) -> web.Response:
     if alert_id is None:
         return json_error(400, "alert id must be a positive integer")
     try:
-        value, comment = parse_verdict(json.loads(await request.read()))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return json_error(400, 'body must be JSON: {"verdict": "...", "comment": "..."}')
+        value, comment = parse_verdict(await _json_body(request, '{"verdict": "...", "comment": "..."}'))
     except ValueError as exc:
         return json_error(400, str(exc))
     alert = await request.app[STORE].record_verdict(alert_id, principal(request), value, comment)
     if alert is None:
         return json_error(404, f"no alert {alert_id}")
     return web.json_response(alert)
-
-
-async def _json_body(request: web.Request, example: str) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw) if raw.strip() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"body must be JSON: {example}") from None
 
 
 async def _shelve(request: web.Request, body: Any, alert_id: int | None) -> web.Response:
@@ -196,10 +204,7 @@ async def _shelve(request: web.Request, body: Any, alert_id: int | None) -> web.
     if shelf is None:
         return json_error(404, f"no alert {req.target}")
     if req.scope == "alert":
-        alert = await store.get_alert(int(req.target))
-        if alert is not None:
-            await request.app[PUBLISH]([event_of_alert(alert, "shelved", f"shelved by {shelf['by']}: "
-                                                       f"{req.reason}", at=utc_now())])
+        await _publish(request, int(req.target), "shelved", f"shelved by {shelf['by']}: {req.reason}")
     return web.json_response(shelf, status=201)
 
 
@@ -238,11 +243,8 @@ async def list_shelves(request: web.Request) -> web.Response:
 
 
 async def unshelve(request: web.Request) -> web.Response:
-    try:
-        shelf_id = int(request.match_info["shelf_id"])
-        if shelf_id <= 0:
-            raise ValueError
-    except ValueError:
+    shelf_id = _path_id(request, "shelf_id")
+    if shelf_id is None:
         return json_error(400, "shelf id must be a positive integer")
     try:
         reason = parse_unshelve(await _json_body(request, '{"reason": "..."}'))
@@ -256,10 +258,7 @@ async def unshelve(request: web.Request) -> web.Response:
     if shelf is None:
         return json_error(404, f"no shelf {shelf_id}")
     if shelf["scope"] == "alert":
-        alert = await store.get_alert(int(shelf["target"]))
-        if alert is not None:
-            await request.app[PUBLISH]([event_of_alert(alert, "unshelved", f"unshelved by {shelf['ended_by']}",
-                                                       at=utc_now())])
+        await _publish(request, int(shelf["target"]), "unshelved", f"unshelved by {shelf['ended_by']}")
     return web.json_response(shelf)
 
 

@@ -56,8 +56,8 @@ class LifecycleState:
     peak: tuple[tuple[str, float], ...] = ()
     #: the detector's alarm causes (InferenceResult.alarm_cause bits) seen since the alert opened
     causes: int = 0
-    #: the frame that opened the alert (TripEvidence as JSON)
-    evidence: Mapping[str, Any] | None = None
+    #: the frame that opened the alert
+    evidence: TripEvidence | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,7 +66,7 @@ class LifecycleState:
             "hits": [h.isoformat() for h in self.hits], "last_index": self.last_index,
             "last_notified_at": None if self.last_notified_at is None else self.last_notified_at.isoformat(),
             "notified": self.notified, "peak": [list(p) for p in self.peak], "causes": self.causes,
-            "evidence": None if self.evidence is None else dict(self.evidence),
+            "evidence": None if self.evidence is None else self.evidence.model_dump(mode="json"),
         }
 
     @classmethod
@@ -76,7 +76,7 @@ class LifecycleState:
             hits=tuple(datetime.fromisoformat(h) for h in d["hits"]), last_index=d["last_index"],
             last_notified_at=_ts(d["last_notified_at"]), notified=bool(d["notified"]),
             peak=tuple((str(k), float(v)) for k, v in d.get("peak", [])), causes=int(d.get("causes", 0)),
-            evidence=d.get("evidence"),
+            evidence=None if d.get("evidence") is None else TripEvidence.model_validate(d["evidence"]),
         )
 
 
@@ -199,14 +199,14 @@ def step(
             to_state=to, at=at, index=result.index, score=result.anomaly_score, started_at=st.since,
             top_sensors=top_sensors(dict(st.peak), rule.top_sensors),
             alarm_causes=tuple(cause_names(st.causes)), notify=notify, message=message, fired=fired,
-            evidence=None if st.evidence is None else TripEvidence.model_validate(st.evidence),
+            evidence=st.evidence,
         ))
 
     if st.phase == "idle":
         if not hit:
             return st, out
         st = _absorb(replace(st, phase="pending", streak=1, clear=0, since=at, notified=False, peak=(), causes=0,
-                             evidence=trip_evidence(rule, result, sensor).model_dump(mode="json")), result)
+                             evidence=trip_evidence(rule, result, sensor)), result)
         emit(None, "pending", message=f"condition {cond.kind} started")
     elif st.phase == "pending":
         still = bool(st.hits) if isinstance(cond, DetectionsInWindow) else hit

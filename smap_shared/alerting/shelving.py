@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 
 from smap_shared.auth.credentials import Principal
 from smap_shared.auth.store import insert_audit
+from smap_shared.http import iso
 
 Scope = Literal["alert", "stream", "rule"]
 SCOPES: tuple[Scope, ...] = ("alert", "stream", "rule")
@@ -115,17 +116,13 @@ def parse_unshelve(body: Any) -> str:
     return reason.strip()
 
 
-def _iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.isoformat().replace("+00:00", "Z")
-
-
 def shelf_json(row: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
     active = row["ended_at"] is None and (row["expires_at"] is None or now is None or row["expires_at"] > now)
     return {
         "id": row["id"], "scope": row["scope"], "target": row["target"], "reason": row["reason"],
-        "by": row["by_whom"], "auth": row["auth_method"], "created_at": _iso(row["created_at"]),
-        "expires_at": _iso(row["expires_at"]), "active": active,
-        "ended_at": _iso(row["ended_at"]), "ended_by": row["ended_by"], "end_reason": row["end_reason"],
+        "by": row["by_whom"], "auth": row["auth_method"], "created_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]), "active": active,
+        "ended_at": iso(row["ended_at"]), "ended_by": row["ended_by"], "end_reason": row["end_reason"],
     }
 
 
@@ -210,7 +207,7 @@ async def sweep(conn: AsyncConnection[Any]) -> tuple[list[int], int]:
         expired = await cur.fetchall()
     for row in expired:
         await insert_audit(conn, None, "shelf_expired", f"{row['scope']}:{row['target']}",
-                           {"shelf": row["id"], "expires_at": _iso(row["expires_at"])}, username="system",
+                           {"shelf": row["id"], "expires_at": iso(row["expires_at"])}, username="system",
                            method="system")
     return [int(r["id"]) for r in expired], await release_held(conn)
 

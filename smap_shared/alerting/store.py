@@ -28,6 +28,7 @@ from smap_shared.alerting import shelving
 from smap_shared.alerting.engine import LifecycleKey, LifecycleState, Transition
 from smap_shared.auth.credentials import Principal
 from smap_shared.auth.store import insert_audit
+from smap_shared.http import iso
 from smap_shared.schemas import AlertEvent, SensorContribution
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,6 @@ async def migrate(url: str) -> list[int]:
 
 
 # ---------------------------------------------------------------- rows -> JSON
-
-
-def iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.isoformat().replace("+00:00", "Z")
 
 
 def alert_json(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from smap_shared.auth.credentials import (
     session_digest,
     verify_secret,
 )
+from smap_shared.http import iso
 
 HASH_CONCURRENCY = 2
 TOKEN_CACHE_S = 30.0
@@ -110,7 +111,7 @@ class AuthStore:
                 " (SELECT count(*) FROM api_tokens t WHERE t.user_id = u.id AND t.revoked_at IS NULL) AS tokens"
                 " FROM users u ORDER BY u.id")
             rows = await cur.fetchall()
-        return [{**r, "created_at": r["created_at"].isoformat().replace("+00:00", "Z")} for r in rows]
+        return [{**r, "created_at": iso(r["created_at"])} for r in rows]
 
     async def count_users(self) -> int:
         async with self.pool.connection() as conn:
@@ -217,4 +218,4 @@ class AuthStore:
                 "SELECT id, at, username, method, action, target, detail FROM audit_log ORDER BY id DESC LIMIT %s",
                 (limit,))
             rows = await cur.fetchall()
-        return [{**r, "at": r["at"].isoformat().replace("+00:00", "Z")} for r in rows]
+        return [{**r, "at": iso(r["at"])} for r in rows]

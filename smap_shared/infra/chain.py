@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smap_shared.infra.ports import free_port, wait_port
-from smap_shared.infra.scrape import Target, scrape_config
+from smap_shared.infra.scrape import Target, write_scrape_config
 from smap_shared.model.streams import RedisStateStore
 from smap_shared.triton.launcher import TritonServer
 from smap_shared.triton.repository import generate
@@ -145,13 +145,11 @@ class Chain:
         targets = [Target(jobs.get(name, "smap-analysis-worker" if name.startswith("worker") else name),
                           f"127.0.0.1:{port}") for name, port in self.metrics_ports.items()]
         targets += [Target("triton", f"127.0.0.1:{server.metrics_port}") for server in self.servers]
-        tmp = self.scrape_file.with_suffix(".tmp")
-        tmp.write_text(scrape_config(targets, interval_s))
-        tmp.replace(self.scrape_file)
+        write_scrape_config(self.scrape_file, targets, interval_s)
 
     def start_infra(self) -> None:
         self._spawn("tansu", tansu_command(self.kafka_port))
-        self.scrape_file.write_text(scrape_config([]))
+        write_scrape_config(self.scrape_file, [])
         self._spawn("victoria-metrics", victoria_command(self.workdir / "vm", self.vm_port, self.scrape_file))
         rabbit_api("PUT", f"vhosts/{urllib.parse.quote(self.vhost, safe='')}")
         rabbit_api("PUT", f"permissions/{urllib.parse.quote(self.vhost, safe='')}/guest",

@@ -79,15 +79,20 @@ def scrape_config(targets: Sequence[Target], interval_s: float = SCRAPE_INTERVAL
     })
 
 
+def write_scrape_config(path: Path, targets: Sequence[Target], interval_s: float = SCRAPE_INTERVAL_S) -> None:
+    """Write the file whole (VictoriaMetrics re-reads it: never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(scrape_config(targets, interval_s) + "\n")
+    tmp.replace(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Write VictoriaMetrics' scrape configuration of the native mode.")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--interval-s", type=float, default=SCRAPE_INTERVAL_S)
     args = ap.parse_args(argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(scrape_config(native_targets(), args.interval_s) + "\n")
-    tmp.replace(args.out)  # VictoriaMetrics re-reads it: never half a file
+    write_scrape_config(args.out, native_targets(), args.interval_s)
     return 0
 
 

@@ -187,11 +187,9 @@ def fleet_body(fleet: Fleet, now: float, lookback_s: float, stale_s: float, last
     (pending or firing) alerts, None when the alert manager could not be asked."""
     latest: dict[tuple[str, str], dict[str, float | None]] = {}
     for s in lasts:
-        key = (s.metric.get("satellite_id", ""), s.metric.get("entity", ""))
         if s.values and s.values[0] is not None:
-            latest.setdefault(key, {})[s.name] = s.values[0]
-    when = {(s.metric.get("satellite_id", ""), s.metric.get("entity", "")): s.values[0]
-            for s in stamps if s.values and s.values[0] is not None}
+            latest.setdefault(s.stream, {})[s.name] = s.values[0]
+    when = {s.stream: s.values[0] for s in stamps if s.values and s.values[0] is not None}
     open_by: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for a in alerts or []:
         open_by.setdefault((a["satellite_id"], a["entity"]), []).append(a)
@@ -307,14 +305,14 @@ async def satellites(request: web.Request) -> web.Response:
         victoria = "unavailable"
         last, stamps = [], []
     for s in last:
-        stream = (s.metric.get("satellite_id", ""), s.metric.get("entity", ""))
+        stream = s.stream
         if stream in status and s.values and s.values[0] is not None:
             if s.name == SCORE:
                 status[stream]["anomaly_score"] = s.values[0]
             elif s.name == DETECTED:
                 status[stream]["state"] = "anomaly" if s.values[0] else "normal"
     for s in stamps:
-        stream = (s.metric.get("satellite_id", ""), s.metric.get("entity", ""))
+        stream = s.stream
         if stream in status and s.values:
             status[stream]["timestamp"] = s.values[0]
     body = [
@@ -325,10 +323,15 @@ async def satellites(request: web.Request) -> web.Response:
     return web.json_response(body, headers={"X-Victoria-Status": victoria})
 
 
+def _credentials(request: web.Request) -> dict[str, str]:
+    """The caller's credentials, for a call to the alert manager, which authenticates the caller itself."""
+    return {h: request.headers[h] for h in FORWARDED_CREDENTIALS if h in request.headers}
+
+
 async def _alerts(request: web.Request, params: Mapping[str, str]) -> list[Mapping[str, Any]] | None:
     """Alerts from the alert manager as the caller sees them (their credentials); None when unavailable."""
     url = request.app[ALERTS_URL].rstrip("/") + "/api/smap/alerts"
-    headers = {h: request.headers[h] for h in FORWARDED_CREDENTIALS if h in request.headers}
+    headers = _credentials(request)
     try:
         async with request.app[HTTP].get(url, params={**params, "limit": str(MAX_FLEET_ALERTS)},
                                          headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
@@ -389,8 +392,9 @@ async def ingest_telemetry(request: web.Request) -> web.Response:
     try:
         await intake.writer.write(checks)
     except BrokerUnavailableError as exc:
-        return web.json_response({"error": str(exc), "status": 503, "retry": True}, status=503,
-                                 headers={"Retry-After": "5"})
+        response = json_error(503, str(exc), retry=True)
+        response.headers["Retry-After"] = "5"
+        return response
     rejected = sum(c.problem is not None for c in checks)
     return web.json_response({"accepted": len(checks) - rejected, "rejected": rejected,
                               "frames": [c.answer() for c in checks]}, status=422 if rejected else 200)
@@ -410,9 +414,7 @@ async def performance(request: web.Request) -> web.Response:
     except SampleLimitError as exc:
         alerts_task.cancel()
         raise ParamError(str(exc)) from None
-    samples = [{(s.metric.get("satellite_id", ""), s.metric.get("entity", "")): list(zip(s.timestamps, s.values,
-                                                                                       strict=True))
-                for s in series} for series in got]
+    samples = [{s.stream: list(zip(s.timestamps, s.values, strict=True)) for s in series} for series in got]
     alerts = await alerts_task
     in_range = None if alerts is None else [
         a for a in alerts if tr.start <= parse_time(str(a["started_at"]), "started_at") <= tr.end]
@@ -480,7 +482,7 @@ async def _proxy(request: web.Request, method: str, path: str) -> web.Response:
     body = await request.read() if method == "POST" else None
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")} if body else {}
     # The alert manager authenticates the caller itself (same users): pass their credentials on unchanged.
-    headers.update({h: request.headers[h] for h in FORWARDED_CREDENTIALS if h in request.headers})
+    headers.update(_credentials(request))
     try:
         async with request.app[HTTP].request(method, url, params=request.query, data=body, headers=headers,
                                              timeout=aiohttp.ClientTimeout(total=5)) as resp:

@@ -29,7 +29,7 @@ from smap_shared.auth.web import (
     check_mode,
     open_store,
 )
-from smap_shared.data import default_source
+from smap_shared.data import DataSource, default_source
 from smap_shared.fleet import load_fleet
 from smap_shared.http import json_error
 from smap_shared.operations.api import (
@@ -210,9 +210,9 @@ async def healthz(request: web.Request) -> web.Response:
     })
 
 
-def make_catalog(settings: OperationServerSettings) -> Catalog:
+def make_catalog(settings: OperationServerSettings, source: DataSource | None = None) -> Catalog:
     fleet = load_fleet(settings.fleet_file)
-    return Catalog(fleet, entity_widths(fleet, default_source(settings.smap_data_dir)))
+    return Catalog(fleet, entity_widths(fleet, source or default_source(settings.smap_data_dir)))
 
 
 #: Who may call what (smap_shared.auth.web): the page and its assets are public (it shows the login), reads
@@ -232,10 +232,11 @@ def make_app(settings: OperationServerSettings, *, catalog: Catalog | None = Non
     app = web.Application(middlewares=[json_errors, auth_middleware(auth)], client_max_size=schemas.MAX_BODY_BYTES)
     app[POLICY] = auth
     add_auth_routes(app)
-    app[CATALOG] = catalog = catalog or make_catalog(settings)
+    source = default_source(settings.smap_data_dir)  # one load of the data for the widths and the ranges
+    app[CATALOG] = catalog = catalog or make_catalog(settings, source)
     spans = settings.trigger_plausible_spans
     app[INTAKE] = intake = Intake(
-        sane_ranges(catalog.fleet, default_source(settings.smap_data_dir), spans) if spans > 0 else None,
+        sane_ranges(catalog.fleet, source, spans) if spans > 0 else None,
         TelemetryWriter(settings.kafka_bootstrap_servers, settings.telemetry_topic, settings.dlq_topic))
     app[ALERTS_URL] = settings.alert_manager_url
     app[HUB] = Hub(queue_max=settings.ws_queue_max)

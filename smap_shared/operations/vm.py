@@ -35,6 +35,11 @@ class Series:
     def name(self) -> str:
         return self.metric.get("__name__", "")
 
+    @property
+    def stream(self) -> tuple[str, str]:
+        """(satellite_id, entity) of the series' labels ("" for a missing one)."""
+        return self.metric.get("satellite_id", ""), self.metric.get("entity", "")
+
 
 def selector(names: Sequence[str], labels: Mapping[str, str]) -> str:
     """`{__name__=~"a|b",k="v",...}` with the label values escaped for MetricsQL string literals."""

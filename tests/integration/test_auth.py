@@ -32,6 +32,7 @@ from alert_harness import (
     throwaway_database,
     wait_until,
 )
+from browser import chromium_page
 from kafka_io import produce
 
 from smap_shared.auth.credentials import parse_token, verify_secret
@@ -297,15 +298,8 @@ def test_the_first_admin_is_created_once_with_a_private_random_password(tmp_path
 def test_an_operator_logs_in_on_the_page_and_acknowledges_in_chromium(stack: Stack) -> None:
     """Debian's Chromium (Playwright, nothing downloaded): the page shows its login, refuses a wrong password,
     logs the operator in, says who is acting, and the Acknowledge button records that user from the session."""
-    from playwright.sync_api import sync_playwright
-
     alert = stack.alert_ids["SAT-001"]
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-        page = browser.new_page()
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with chromium_page() as (page, errors):
         page.goto(stack.api + "/")
         page.wait_for_selector("#login:not([hidden])")
         page.fill("#login-user", "otto")
@@ -323,7 +317,6 @@ def test_an_operator_logs_in_on_the_page_and_acknowledges_in_chromium(stack: Sta
         page.wait_for_selector(f"{card} button.ack")
         page.click(f"{card} button.ack")
         page.wait_for_function(f"!document.querySelector('{card} button.ack')")
-        browser.close()
     assert errors == []
     assert query(stack.db, "SELECT by_whom, user_id, auth_method FROM alert_acknowledgements WHERE alert_id = %s",
                  (alert,)) == [("otto", stack.user_ids["otto"], "session")]
@@ -393,16 +386,9 @@ def test_shelving_needs_an_operator_and_is_attributed_from_the_token(stack: Stac
 
 
 def test_an_operator_shelves_judges_and_unshelves_on_the_page_in_chromium(stack: Stack) -> None:
-    from playwright.sync_api import sync_playwright
-
     alert = stack.alert_ids["SAT-001"]
     card = f'#alerts li[data-alert-id="{alert}"]'
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-        page = browser.new_page()
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with chromium_page() as (page, errors):
         for user, operates in (("vera", False), ("otto", True)):
             page.goto(stack.api + "/")
             if user == "otto":  # log vera out first
@@ -440,7 +426,6 @@ def test_an_operator_shelves_judges_and_unshelves_on_the_page_in_chromium(stack:
         page.wait_for_function("document.querySelector('#overview-title').textContent.includes('around')")
         assert page.evaluate("location.hash") == "#/SAT-001/A-1@1795856410"
         assert page.locator("#entity-view").is_visible()
-        browser.close()
     assert errors == []
     [(shelf_id, expires_in)] = query(
         stack.db, "SELECT id, extract(epoch FROM expires_at - created_at) FROM shelves WHERE target = %s"

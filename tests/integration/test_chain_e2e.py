@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import chromium_page
 from kafka_io import produce, read_topic
 
 from smap_shared.data import VendoredSource
@@ -199,12 +200,7 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
         assert perf["fleet"]["point"] == offline_total["point"].as_dict()
         assert perf["verdicts_source"] == "unavailable"  # no alert manager in this chain
         # the same numbers on the page
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                         args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1500, "height": 900})
+        with chromium_page({"width": 1500, "height": 900}) as (page, errors):
             page.goto(server.url + "/#performance")
             page.select_option("#performance-window", "1h")
             page.wait_for_selector('#performance-table tr[data-name="fleet"]')
@@ -215,6 +211,6 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
             page.screenshot(path=str(chain.workdir / "performance.png"), full_page=True)
             if os.environ.get("SMAP_PERFORMANCE_SCREENSHOT"):
                 shutil.copy(chain.workdir / "performance.png", os.environ["SMAP_PERFORMANCE_SCREENSHOT"])
-            browser.close()
+        assert errors == []
     finally:
         server.stop()

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM, chromium_page
 from kafka_io import produce
 
 from smap_shared.infra.chain import Chain, running_chain
@@ -24,9 +25,6 @@ from smap_shared.schemas import AlertEvent, SensorContribution, utc_now
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ENTITIES = ["A-1", "A-2"]
 # A-1's labelled anomaly is 4690..4774; the deployed rule alarms only after 250 frames of a stream (warm-up)
 START, HISTORY, LIVE = 4400, 300, 80
@@ -56,8 +54,6 @@ def points(url: str) -> int:
 
 
 def test_dashboard_shows_history_then_live(chain: Chain, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed (apt-get install chromium)"
     chain.run_simulator(START, HISTORY, interval_s=INTERVAL_S)
     server = OperationServer(tmp_path / "os", chain.vm_url(), kafka_bootstrap=f"localhost:{chain.kafka_port}")
@@ -66,11 +62,7 @@ def test_dashboard_shows_history_then_live(chain: Chain, tmp_path: Path) -> None
         overview = f"{server.url}/api/smap/entity/A-1/overview?window=5m&step=100ms"
         chain.wait_for(lambda: points(overview) >= HISTORY, 120, "A-1's history in VictoriaMetrics")
 
-        errors: list[str] = []
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 1250})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
+        with chromium_page({"width": 1500, "height": 1250}) as (page, errors):
             # the alert manager is not running here: its 503 is expected (and shown in the alerts panel)
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "503" not in m.text
                     else None)
@@ -131,7 +123,6 @@ def test_dashboard_shows_history_then_live(chain: Chain, tmp_path: Path) -> None
             assert page.locator("#live").inner_text() == "live"
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
-            browser.close()
         assert shot.stat().st_size > 20_000
         assert errors == [], errors
         target = os.environ.get("SMAP_DASHBOARD_SCREENSHOT")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import chromium_page
 
 from smap_shared.fleet import default_fleet
 from smap_shared.operations.harness import OperationServer, Victoria
@@ -23,7 +24,6 @@ pytestmark = pytest.mark.integration
 
 SATELLITES = 50
 ENTITIES = list(default_fleet().deployed)  # the 20 deployed entities
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
 
 def kind(k: int) -> str:
@@ -73,8 +73,6 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_thousand_streams_render_in_the_fleet_overview(server: str, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     planted = streams()
     expected = {k: sum(1 for *_, s in planted if s == k) for k in ("normal", "anomaly", "stale", "unknown")}
     assert min(expected.values()) > 5 and len(planted) == 1000
@@ -83,11 +81,7 @@ def test_a_thousand_streams_render_in_the_fleet_overview(server: str, tmp_path: 
     assert body["summary"] == {"streams": 1000, **expected, "open_alerts": None}  # no alert manager here
     assert body["sources"] == {"victoria": "ok", "alerts": "unavailable"}
 
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with chromium_page({"width": 1500, "height": 1100}) as (page, errors):
         started = time.perf_counter()
         page.goto(server + "/")
         page.wait_for_selector('#fleet-grid[data-tiles="1000"]', timeout=60_000)
@@ -121,7 +115,6 @@ def test_a_thousand_streams_render_in_the_fleet_overview(server: str, tmp_path: 
         assert page.evaluate("location.hash") == f"#/{sat}/{entity}"
         page.click("#view-fleet")
         page.wait_for_selector("#fleet-view:not([hidden])")
-        browser.close()
     assert errors == []
     numbers = {"streams": 1000, "page_load_to_grid_ms": round(first_ms, 1),
                "first_render_ms": first_render_ms, "refresh_render_ms": refresh_ms}

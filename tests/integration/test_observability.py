@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import chromium_page
 
 from smap_shared.infra.chain import REPO_ROOT, Chain, running_chain
 from smap_shared.operations.harness import OperationServer
@@ -82,8 +83,6 @@ def test_every_promql_example_in_the_docs_returns_data(chain: Chain, tmp_path: P
     chain.wait_for(lambda: published() == 240, 30, "the trigger's counter at the replay's 2 x 120 frames")
 
     # the dashboard's system panel, from the same series, in Chromium
-    from playwright.sync_api import sync_playwright
-
     server = OperationServer(tmp_path / "os", vm).start()
     try:
         with urllib.request.urlopen(f"{server.url}/api/smap/system", timeout=30) as resp:
@@ -91,14 +90,11 @@ def test_every_promql_example_in_the_docs_returns_data(chain: Chain, tmp_path: P
         assert rows["smap-inference-trigger"]["up"] == 1 and rows["smap-inference-trigger"]["per_s"] > 0
         assert rows["smap-analysis-worker"]["blocked"] == 0 and rows["smap-victoria-consumer"]["lag"] is not None
         assert rows["smap-inference-trigger"]["dead_letters"] == 0 and rows["triton"]["per_s"] > 0
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                         args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-            page = browser.new_page()
+        with chromium_page() as (page, errors):
             page.goto(server.url + "/#system")
             page.wait_for_selector("#system-table tbody tr")
             text = page.inner_text("#system-table")
             assert "smap-inference-trigger" in text and "triton" in text and "DOWN" not in text
-            browser.close()
+        assert errors == []
     finally:
         server.stop()

@@ -24,6 +24,7 @@ from alert_harness import (
     throwaway_database,
     wait_until,
 )
+from browser import chromium_page
 from kafka_io import produce
 
 from smap_shared.infra.chain import Chain, running_chain
@@ -31,7 +32,6 @@ from smap_shared.operations.harness import OperationServer
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 PLOT = "/openmct/#/browse/smap:fleet/smap:sat~SAT-001/smap:ent~SAT-001~A-1/smap:pt~SAT-001~A-1~anomaly_score"
 FAULTS = "/openmct/#/browse/faults.taxonomy:faultManagement.view"
 
@@ -43,8 +43,6 @@ def chain(tmp_path: Path, quick_ckpt_dir: Path) -> Iterator[Chain]:
 
 
 def test_open_mct_plots_the_chain_and_manages_its_alerts_as_faults(chain: Chain, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     bootstrap = f"localhost:{chain.kafka_port}"
     chain.run_simulator(4600, 120, interval_s=0.2)
     with throwaway_database() as db, WebhookReceiver().running() as hook, smtp_server() as (smtp_port, _):
@@ -59,11 +57,7 @@ def test_open_mct_plots_the_chain_and_manages_its_alerts_as_faults(chain: Chain,
             wait_until(lambda: query(db, "SELECT count(*) FROM alerts WHERE entity = 'D-1' AND state = 'firing'")
                        == [(1,)], 60, "D-1's alert", tmp_path)
             [(alert_id,)] = query(db, "SELECT id FROM alerts WHERE entity = 'D-1'")
-            errors: list[str] = []
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
+            with chromium_page({"width": 1400, "height": 900}) as (page, errors):
                 page.goto(server.url + PLOT)
                 page.wait_for_selector(".gl-plot-y-tick-label", timeout=60_000)
                 # the historical provider answers the plot's range with the chain's stored scores
@@ -107,7 +101,6 @@ def test_open_mct_plots_the_chain_and_manages_its_alerts_as_faults(chain: Chain,
                 wait_until(lambda: query(db, "SELECT scope, target, by_whom FROM shelves") == [
                     ("alert", str(alert_id), "local-dev")], 30, "the shelf")
                 assert query(db, "SELECT extract(epoch FROM expires_at - created_at) FROM shelves") == [(900,)]
-                browser.close()
             assert errors == []
             if os.environ.get("SMAP_OPENMCT_SCREENSHOT"):
                 shutil.copy(shot, os.environ["SMAP_OPENMCT_SCREENSHOT"])
