@@ -269,7 +269,7 @@ def test_a_shelf_expires_on_its_own_and_a_firing_that_resolved_under_it_is_dropp
     states = dict(query(rig.db, "SELECT entity, state FROM alerts"))
     assert states == {"A-1": "resolved", "D-1": "resolved"}
     outbox = query(rig.db, "SELECT a.entity, o.event, o.status FROM notification_outbox o JOIN alerts a"
-                           " ON a.id = o.alert_id WHERE o.channel = 'slack' ORDER BY o.id")
+                           " ON a.id = o.alert_id WHERE o.channel = 'slack' ORDER BY a.entity, o.id")
     assert outbox == [("A-1", "firing", "delivered"), ("A-1", "resolved", "held"), ("D-1", "firing", "dropped")]
     assert len(rig.hook.delivered()) == 1
     # the shelves run out: the all-clear of the alert that was notified goes out, D-1's never does
