@@ -615,9 +615,11 @@ class BenchChain(Chain):
     """The chain, with VICTORIA_URL of the services pointing at the proxy when one is set."""
 
     victoria_override: str | None = None
+    simulator_phase: str = "spread"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = super().env(**extra)
+        env.setdefault("SIMULATOR_PHASE", self.simulator_phase)
         if self.victoria_override is not None and "VICTORIA_URL" not in extra:
             env["VICTORIA_URL"] = self.victoria_override
         return env
@@ -865,6 +867,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--duration-s", type=float, required=True, help="paced phase length (steps = rate x duration)")
     ap.add_argument("--tritons", type=int, default=1, help="Triton servers (worker shard k uses server k mod T)")
     ap.add_argument("--shards", type=int, default=2, help="worker shards")
+    ap.add_argument("--phase", choices=["spread", "together"], default="spread",
+                    help="paced phase: each satellite at its own phase of the interval (spread, as independent "
+                    "spacecraft) or every stream at the start of each tick (together: the worst burst)")
     ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     ap.add_argument("--json", type=Path, required=True, help="where to write the numbers")
     ap.add_argument("--full-steps", type=int, default=100, help="full-speed phase: steps per stream")
@@ -910,7 +915,7 @@ def main(argv: list[str] | None = None) -> None:
           f"shards, {args.tritons} Triton, {cores} cores; workdir {workdir}", flush=True)
 
     chain = BenchChain(args.checkpoints, entities, workdir, shards=args.shards, redis_db=args.redis_db,
-                       fleet_file=fleet_file, tritons=args.tritons)
+                       fleet_file=fleet_file, tritons=args.tritons, simulator_phase=args.phase)
     db_url = f"{PG_SERVER}/smap_bench_{chain.run_id}"
     proxy: VictoriaProxy | None = None
     live: LiveCounter | None = None
@@ -919,6 +924,7 @@ def main(argv: list[str] | None = None) -> None:
     db_created = False
     report: dict[str, Any] = {"streams": S, "rate_hz": args.rate_hz, "duration_s": args.duration_s,
                               "tritons": args.tritons, "shards": args.shards, "cores": cores,
+                              "phase": args.phase,
                               "satellites": n_sats, "entities": len(entities), "workdir": str(workdir),
                               "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
@@ -1015,6 +1021,7 @@ def main(argv: list[str] | None = None) -> None:
             v.pop("lag", None)
         report["paced"] = {
             "streams": S, "rate_hz": args.rate_hz, "duration_s": args.duration_s, "steps": paced_steps,
+            "phase": args.phase,
             "frames_sent": paced_frames_sent if paced_frames_sent is not None else S * paced_steps,
             "frames_expected": S * paced_steps, "frames_stored": stored["distinct"],
             "duplicate_samples": stored["duplicates"], "series": stored["series"],

@@ -56,6 +56,10 @@ class SimulatorSettings(_Settings):
     #: Seconds between frames of one stream: 30 (real SMAP cadence), 5 (the spec's development default),
     #: 0 (as fast as the chain takes it).
     simulator_interval_s: float = Field(default=5.0, ge=0)
+    #: When in the interval each stream emits: "spread" -- each satellite at its own phase (satellite k of N
+    #: at k/N of the interval, all of its entities together), as independent spacecraft do; "together" --
+    #: every stream of the fleet at the start of each interval (the worst burst). Interval 0: together.
+    simulator_phase: Literal["spread", "together"] = "spread"
     simulator_start_index: int = Field(default=0, ge=0)
     simulator_max_steps: int | None = Field(default=None, ge=1)  # per stream; None: the whole test split
     simulator_loop: bool = False  # at the end of the split: start over (True) or stop (False)
@@ -82,6 +86,13 @@ class TriggerSettings(_CelerySettings, _TelemetryCheckSettings):
     #: streams (benchmarks.md, 2026-12-03).
     trigger_batch_max: int = Field(default=1024, ge=1, le=4096)
     trigger_linger_ms: int = Field(default=20, ge=0, le=10_000)
+    #: Adaptive batches: when the linger is due but a shard's queue still holds a task its worker has not
+    #: taken, keep collecting (another linger, up to trigger_batch_max frames) instead of queueing one more
+    #: small task behind it. Under load tasks grow by themselves (Triton's cost is mostly per request); at
+    #: light load the queue is empty and nothing waits longer than the linger. A frame is held at most
+    #: trigger_hold_max_ms past its linger (a worker that is down must not keep its shard's frames here).
+    trigger_hold_while_queued: bool = True
+    trigger_hold_max_ms: int = Field(default=1000, ge=0, le=60_000)
     kafka_fetch_max_wait_ms: int = 20  # Tansu holds every fetch this long: keep it low for latency
     metrics_port: int = 9302
 

@@ -6,6 +6,12 @@ until done or stopped. The loop reads with `getmany`, hands records to the sink 
 when `batch_max` records are pending or the oldest has waited `linger_s`, and commits the offsets of exactly
 the records the flush covered -- never before: at-least-once, and every sink downstream tolerates a
 redelivered record. A stop leaves unflushed records uncommitted; they are redelivered to the next owner.
+
+Backpressure (after quix-streams' `SinkBackpressureError`): a service may pass `hold`, asked when the linger
+is due; True means "downstream has not taken the last flush yet", and the loop keeps collecting for another
+linger instead of flushing -- up to `batch_max` records, and for at most `hold_max_s` past the linger (then
+it flushes regardless). Under load the batches so grow by themselves; at light load `hold` says False and
+nothing waits longer than the linger.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class LoopStats:
     records: int = 0
     flushes: int = 0
     commits: int = 0
+    holds: int = 0  # lingers that ended while `hold` said downstream was busy
 
 
 Committer = Callable[[Mapping[TopicPartition, int]], Awaitable[bool]]
@@ -60,6 +67,7 @@ async def run_batches(
     consumer: AIOKafkaConsumer, sink: BatchSink, stop: asyncio.Event, *, batch_max: int, linger_s: float,
     commit_offsets: Committer | None = None, on_fetched: Callable[[TopicPartition, list[Any]], None] | None = None,
     on_commit: Callable[[], None] | None = None, final_flush_timeout_s: float = 20.0,
+    hold: Callable[[], Awaitable[bool]] | None = None, hold_max_s: float = 1.0,
 ) -> LoopStats:
     """Consume until `stop` is set (the consumer must be started). `commit_offsets` defaults to a Kafka
     commit of the group; `on_fetched(tp, records)` sees every fetched batch (lag gauges)."""
@@ -68,10 +76,11 @@ async def run_batches(
     stats = LoopStats()
     offsets: dict[TopicPartition, int] = {}
     pending = 0
-    first_at: float | None = None
+    first_at: float | None = None  # when the oldest pending record was taken
+    due_at: float | None = None  # when the pending records are due (the linger, or a hold's next look)
 
     async def flush_and_commit() -> bool:
-        nonlocal pending, first_at
+        nonlocal pending, first_at, due_at
         if not await sink.flush():
             return False
         stats.flushes += 1
@@ -80,15 +89,12 @@ async def run_batches(
             if on_commit is not None:
                 on_commit()
         offsets.clear()
-        pending, first_at = 0, None
+        pending, first_at, due_at = 0, None, None
         return True
 
     try:
         while not stop.is_set():
-            if first_at is None:
-                timeout_ms = POLL_TIMEOUT_MS
-            else:
-                timeout_ms = max(0, int((first_at + linger_s - time.monotonic()) * 1000))
+            timeout_ms = POLL_TIMEOUT_MS if due_at is None else max(0, int((due_at - time.monotonic()) * 1000))
             batches = await fetcher.getmany(timeout_ms=timeout_ms, max_records=max(1, batch_max - pending))
             stopped = False
             for tp, records in batches.items():
@@ -102,11 +108,19 @@ async def run_batches(
                     stats.records += 1
                     if first_at is None:
                         first_at = time.monotonic()
+                        due_at = first_at + linger_s
                 if on_fetched is not None and records:
                     on_fetched(tp, records)
                 if stopped:
                     break
-            due = first_at is not None and (pending >= batch_max or time.monotonic() - first_at >= linger_s)
+            now = time.monotonic()
+            full = pending >= batch_max
+            due = due_at is not None and (full or now >= due_at)
+            if (due and not full and not stopped and hold is not None and first_at is not None
+                    and now - first_at < linger_s + hold_max_s and await hold()):
+                stats.holds += 1
+                due_at = now + linger_s  # downstream still busy: collect for another linger
+                continue
             if (due or stopped) and pending and not await flush_and_commit():
                 break
             if stopped:

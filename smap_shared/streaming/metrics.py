@@ -31,6 +31,7 @@ class TriggerMetrics:
     publish_latency: Histogram
     publish_retries: Counter
     commits: Counter
+    holds: Counter
     batch_frames: Histogram
     lag: Gauge
 
@@ -88,6 +89,7 @@ def trigger_metrics() -> TriggerMetrics:
         ),
         publish_retries=Counter("smap_trigger_publish_retries", "Failed Celery publishes retried in place"),
         commits=Counter("smap_trigger_commits", "Kafka offset commits"),
+        holds=Counter("smap_trigger_holds", "Lingers extended because a shard's queue still held a task"),
         batch_frames=Histogram("smap_trigger_batch_frames", "Frames per published task",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)),
         lag=Gauge("smap_trigger_lag", "Messages behind the partition's high watermark", ["partition"]),

@@ -1,7 +1,9 @@
 """smap-simulator: replays each fleet entity's SMAP test split, row by row, to the telemetry topic.
 
-All streams advance together: each tick emits one frame of every active stream, then waits for Kafka's
-acks of that tick (this bounds the frames in flight, also at interval 0).
+Each tick emits one frame of every active stream. With SIMULATOR_PHASE=spread (the default) each satellite
+emits at its own phase of the interval (satellite k of N at k/N of it: spacecraft are not synchronised), with
+"together" (and at interval 0) every stream at the start of the tick. Each emission waits for Kafka's acks of
+its frames before the next one (this bounds the frames in flight, also at interval 0).
 """
 
 from __future__ import annotations
@@ -179,6 +181,30 @@ class _Cursor:
             self.lap += 1
 
 
+def emission_phases(replays: list[StreamReplay], phase: str) -> dict[str, float]:
+    """Satellite -> the fraction of the interval at which it emits: k/N for the k-th of N satellites (in
+    fleet order) when spread, 0 for all when together.
+
+    >>> r = [StreamReplay(s, "A-1", np.zeros((1, 1)), np.zeros(1, bool)) for s in ("S1", "S1", "S2", "S3", "S4")]
+    >>> emission_phases(r, "spread")
+    {'S1': 0.0, 'S2': 0.25, 'S3': 0.5, 'S4': 0.75}
+    >>> set(emission_phases(r, "together").values())
+    {0.0}
+    """
+    satellites = list(dict.fromkeys(r.satellite_id for r in replays))
+    if phase == "together":
+        return dict.fromkeys(satellites, 0.0)
+    return {sat: k / len(satellites) for k, sat in enumerate(satellites)}
+
+
+def tick_groups(cursors: list[_Cursor], phases: dict[str, float]) -> list[tuple[float, list[_Cursor]]]:
+    """The active streams of one tick grouped by phase, earliest first (each group in fleet order)."""
+    groups: dict[float, list[_Cursor]] = {}
+    for c in cursors:
+        groups.setdefault(phases[c.replay.satellite_id], []).append(c)
+    return sorted(groups.items(), key=lambda item: item[0])
+
+
 async def replay(
     replays: list[StreamReplay], producer: Producer, settings: SimulatorSettings, stop: asyncio.Event
 ) -> SimulatorStats:
@@ -199,31 +225,41 @@ async def replay(
             cursors.append(cursor)
     stats = SimulatorStats()
     interval = settings.simulator_interval_s
+    phases = emission_phases(replays, settings.simulator_phase if interval > 0 else "together")
     next_tick = last_report = time.monotonic()
     frames_at_report = 0
-    last_stamp: datetime | None = None
+    last_stamp: dict[float, datetime] = {}  # per phase group: a stream's frames are >= 1 ms apart
     while cursors and not stop.is_set():
-        tick_start = time.monotonic()
-        stamp = tick_timestamp(last_stamp)
-        last_stamp = stamp
-        frames = []
-        for c in cursors:
-            assert c.next is not None
-            # the timestamp is the moment the frame is emitted
-            msg = c.replay.frame(c.next, stamp, c.run_id, c.starts)
-            # keyed by stream id: a stream stays in one partition, so its frames stay in order
-            frames.append((c.replay.stream_id.encode(), msg.model_dump_json().encode()))
-        # acks=all: every frame of the tick is durable before the next tick
-        if not await send_tick(producer, settings.telemetry_topic, frames, stop):
+        stopped = False
+        for offset, group in tick_groups(cursors, phases):
+            # each group at its phase of this tick; a group that is late goes at once (no burst after it)
+            if offset > 0 and await _sleep_or_stop(stop, next_tick + offset * interval - time.monotonic()):
+                stopped = True
+                break
+            sent_at = time.monotonic()
+            stamp = tick_timestamp(last_stamp.get(offset))
+            last_stamp[offset] = stamp
+            frames = []
+            for c in group:
+                assert c.next is not None
+                # the timestamp is the moment the frame is emitted
+                msg = c.replay.frame(c.next, stamp, c.run_id, c.starts)
+                # keyed by stream id: a stream stays in one partition, so its frames stay in order
+                frames.append((c.replay.stream_id.encode(), msg.model_dump_json().encode()))
+            # acks=all: every frame of the group is durable before the next group is emitted
+            if not await send_tick(producer, settings.telemetry_topic, frames, stop):
+                stopped = True
+                break
+            metrics.send_latency.observe(time.monotonic() - sent_at)
+            for c in group:
+                assert c.next is not None
+                stats.last_index[c.replay.stream_id] = c.next
+                metrics.frames_sent.labels(c.replay.satellite_id, c.replay.entity).inc()
+                c.advance()
+            stats.frames += len(frames)
+        if stopped:
             break
-        metrics.send_latency.observe(time.monotonic() - tick_start)
-        for c in cursors:
-            assert c.next is not None
-            stats.last_index[c.replay.stream_id] = c.next
-            metrics.frames_sent.labels(c.replay.satellite_id, c.replay.entity).inc()
-            c.advance()
         stats.ticks += 1
-        stats.frames += len(frames)
         cursors = [c for c in cursors if c.next is not None]
         metrics.active_streams.set(len(cursors))
         now = time.monotonic()

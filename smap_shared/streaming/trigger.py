@@ -4,14 +4,18 @@ invalid frames -> the dead-letter topic.
 Records are read with `getmany` and validated one by one; valid frames are grouped by the shard of their
 stream, in the order read (so each stream's frames keep their order), and each shard's group is published as
 one task `smap_analysis.tasks.run_omnianomaly_batch` when TRIGGER_BATCH_MAX frames are pending or the oldest
-has waited TRIGGER_LINGER_MS. Offsets are committed only once every task and dead letter covering them is
-durable (RabbitMQ confirmed the task, Kafka acked the letter): at-least-once, and the model recognises a
-redelivered index. A RabbitMQ outage blocks the trigger (retried in place, nothing committed), never drops.
+has waited TRIGGER_LINGER_MS -- unless a shard's queue still holds a task its worker has not taken
+(TRIGGER_HOLD_WHILE_QUEUED): then the batch grows until the worker took it, the batch is full or
+TRIGGER_HOLD_MAX_MS passed, so tasks grow with the load. Offsets are committed only once every task and dead
+letter covering them is durable (RabbitMQ confirmed the task, Kafka acked the letter): at-least-once, and the
+model recognises a redelivered index. A RabbitMQ outage blocks the trigger (retried in place, nothing
+committed), never drops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -21,6 +25,7 @@ from typing import Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
 from celery import Celery
+from kombu.connection import Connection
 
 from smap_shared.data import DataSource, default_source
 from smap_shared.fleet import Fleet, load_fleet
@@ -50,13 +55,37 @@ class TaskPublisher(Protocol):
     def publish(self, batch: InferenceBatch, queue: str) -> None:
         """Blocking: returns once the broker has confirmed the task message."""
 
+    def waiting(self, queue: str) -> int:
+        """Blocking: tasks in `queue` that no worker has taken yet; 0 when that cannot be told."""
+
 
 class CeleryPublisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._probe: Connection | None = None
 
     def publish(self, batch: InferenceBatch, queue: str) -> None:
         self.app.send_task(BATCH_TASK_NAME, kwargs=batch.model_dump(mode="json"), queue=queue)
+
+    def waiting(self, queue: str) -> int:
+        """Ready messages of `queue` (a passive declare on a connection of its own). A probe only: any fault
+        answers 0, so the trigger publishes as it would without it -- it never holds on a broker fault."""
+        try:
+            if self._probe is None:
+                self._probe = self.app.connection_for_read(connect_timeout=2)
+                self._probe.connect()
+            ok = self._probe.default_channel.queue_declare(queue=queue, passive=True)
+            return int(ok.message_count)
+        except Exception as exc:  # see above: the publish reports the broker's faults
+            log.debug("queue probe of %s failed: %r", queue, exc)
+            self.close()
+            return 0
+
+    def close(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                probe.release()  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -103,6 +132,16 @@ class TelemetrySink:
         task = InferenceTask.from_telemetry(checked)
         self.pending.setdefault(shard_of(task.stream_id, self.settings.inference_shards), []).append(task)
         return True
+
+    async def queued_ahead(self) -> bool:
+        """The loop's `hold`: True while the queue of a shard with pending frames still holds a task its worker
+        has not taken (its next task would only wait behind it, so let it grow instead)."""
+        loop = asyncio.get_running_loop()
+        for shard in sorted(self.pending):
+            if await loop.run_in_executor(self.executor, self.publisher.waiting, queue_name(shard)) > 0:
+                self.metrics.holds.inc()
+                return True
+        return False
 
     async def flush(self) -> bool:
         loop = asyncio.get_running_loop()
@@ -171,11 +210,15 @@ async def run_trigger(
         loop_stats = await run_batches(consumer, sink, stop, batch_max=settings.trigger_batch_max,
                                        linger_s=settings.trigger_linger_ms / 1000.0,
                                        on_fetched=lag_gauge(consumer, metrics.lag),
-                                       on_commit=metrics.commits.inc)
+                                       on_commit=metrics.commits.inc,
+                                       hold=sink.queued_ahead if settings.trigger_hold_while_queued else None,
+                                       hold_max_s=settings.trigger_hold_max_ms / 1000.0)
         sink.stats.commits = loop_stats.commits
     finally:
         await settle(consumer.stop(), "closing the consumer")
         await settle(producer.stop(), "closing the producer")
+        if isinstance(publisher, CeleryPublisher):
+            executor.submit(publisher.close)
         executor.shutdown(wait=True)
         if own_app is not None:
             own_app.close()

@@ -91,6 +91,33 @@ def _queue_depths(broker_url: str) -> int:
     return total
 
 
+
+def test_the_publishers_queue_probe_counts_the_tasks_no_worker_took(broker_url: str) -> None:
+    """The adaptive batches' probe on the real RabbitMQ: a queue's ready tasks, 0 for an unknown queue or an
+    unreachable broker (the probe never holds the trigger on a fault), and the probe survives those."""
+    _declare_queues(broker_url)
+    _drain_queues(broker_url)
+    settings = TriggerSettings(celery_broker_url=broker_url, inference_shards=SHARDS)
+    app = make_celery_app(settings)
+    publisher = CeleryPublisher(app)
+    try:
+        assert publisher.waiting(queue_name(1)) == 0
+        frame = InferenceTask.from_telemetry(TelemetryMessage.model_validate(_frame("SAT-001", "A-1", 0)))
+        for _ in range(2):
+            publisher.publish(InferenceBatch(frames=[frame]), queue_name(1))
+        assert publisher.waiting(queue_name(1)) == 2
+        assert publisher.waiting(queue_name(2)) == 0
+        assert publisher.waiting("no-such-queue") == 0  # the passive declare fails: the probe says 0 ...
+        assert publisher.waiting(queue_name(1)) == 2  # ... and reconnects for the next question
+        assert len(_drain_queues(broker_url)[queue_name(1)]) == 2
+        assert publisher.waiting(queue_name(1)) == 0
+    finally:
+        publisher.close()
+        app.close()
+    down = TriggerSettings(celery_broker_url="amqp://guest:guest@127.0.0.1:1//", inference_shards=SHARDS)
+    unreachable = CeleryPublisher(make_celery_app(down))
+    assert unreachable.waiting(queue_name(0)) == 0
+
 async def _wait_committed(bootstrap: str, settings: TriggerSettings, records: int, timeout_s: float) -> None:
     """Until the group committed every one of the topic's `records` records."""
     loop = asyncio.get_running_loop()

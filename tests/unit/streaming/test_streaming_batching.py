@@ -187,6 +187,41 @@ def test_a_flush_when_the_oldest_record_waited_linger() -> None:
     assert (stats.records, stats.flushes, stats.commits) == (3, 1, 1)
 
 
+
+def test_hold_defers_the_linger_flush_until_downstream_is_free_but_never_past_batch_max() -> None:
+    log: list[Any] = []
+    stop = asyncio.Event()
+    consumer = FakeConsumer([{TP0: [0, 1]}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}], stop)
+    sink, commits = FakeSink(log), Commits(log)
+    asked: list[float] = []
+
+    async def busy_twice() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) <= 2
+
+    linger = 0.05
+    stats = _run(run_batches(consumer, sink, stop, batch_max=100, linger_s=linger, commit_offsets=commits,
+                             on_commit=stop.set, hold=busy_twice))
+    assert sink.flushed == [[(TP0, 0), (TP0, 1)]]
+    assert len(asked) == 3 and stats.holds == 2
+    # each hold collects for another linger: the flush came after three of them, not one
+    assert sink.flushed_at[0] - sink.added_at[0] >= 3 * linger
+    assert commits.calls == [{TP0: 2}]
+
+    # a full batch goes out whatever `hold` says (downstream stuck must not stall the trigger's reads)
+    log.clear()
+    stop = asyncio.Event()
+    consumer = FakeConsumer([{TP0: list(range(6))}], stop, then=stop.set)
+    sink, commits = FakeSink(log), Commits(log)
+
+    async def always_busy() -> bool:
+        return True
+
+    stats = _run(run_batches(consumer, sink, stop, batch_max=3, linger_s=10.0, commit_offsets=commits,
+                             hold=always_busy))
+    assert sink.flushed == [[(TP0, 0), (TP0, 1), (TP0, 2)], [(TP0, 3), (TP0, 4), (TP0, 5)]]
+    assert commits.calls == [{TP0: 3}, {TP0: 6}]
+
 def test_no_flush_and_no_commit_without_records() -> None:
     log: list[Any] = []
     stop = asyncio.Event()
@@ -409,3 +444,20 @@ def test_victoria_sink_in_the_loop_commits_only_what_was_imported(
     ]
     assert len(producer.sent) == 1
     assert (stats.records, stats.flushes, stats.commits) == (7, 2, 2)
+
+
+def test_a_hold_ends_after_hold_max_even_while_downstream_stays_busy() -> None:
+    log: list[Any] = []
+    stop = asyncio.Event()
+    consumer = FakeConsumer([{TP0: [0]}] + [{}] * 40, stop)
+    sink, commits = FakeSink(log), Commits(log)
+
+    async def always_busy() -> bool:
+        return True
+
+    linger, hold_max = 0.02, 0.15
+    stats = _run(run_batches(consumer, sink, stop, batch_max=100, linger_s=linger, commit_offsets=commits,
+                             on_commit=stop.set, hold=always_busy, hold_max_s=hold_max))
+    waited = sink.flushed_at[0] - sink.added_at[0]
+    assert linger + hold_max <= waited < linger + hold_max + 0.3
+    assert stats.holds >= 3 and commits.calls == [{TP0: 1}]

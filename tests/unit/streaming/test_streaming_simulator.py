@@ -210,3 +210,25 @@ def test_tick_timestamps_are_whole_distinct_milliseconds() -> None:
         stamps.append(tick_timestamp(stamps[-1]))
     assert all(b - a >= timedelta(milliseconds=1) for a, b in pairwise(stamps))
     assert all(s.microsecond % 1000 == 0 for s in stamps)
+
+
+def test_spread_phase_emits_each_satellite_at_its_own_part_of_the_interval(two_sat_fleet: Fleet) -> None:
+    interval = 0.2
+    spread = _settings(simulator_max_steps=3).model_copy(update={"simulator_interval_s": interval})
+    msgs = _run(spread, two_sat_fleet).messages()
+    by_sat: dict[str, list[float]] = {}
+    for m in msgs:
+        by_sat.setdefault(m.satellite_id, []).append(m.timestamp.timestamp())
+    # SAT-001 (both entities, one instant per tick) at the start of each tick, SAT-003 half an interval later
+    sat1, sat3 = sorted(set(by_sat["SAT-001"])), sorted(set(by_sat["SAT-003"]))
+    assert len(sat1) == len(sat3) == 3
+    for a, b in zip(sat1, sat3, strict=True):
+        assert 0.5 * interval - 0.05 <= b - a <= 0.5 * interval + 0.05
+    # every stream still at the interval's cadence, in index order
+    assert [m.index for m in msgs if m.entity == "P-1"] == [0, 1, 2]
+    assert 2 * interval - 0.05 <= sat3[-1] - sat3[0] <= 2 * interval + 0.1
+
+    together = spread.model_copy(update={"simulator_phase": "together"})
+    msgs = _run(together, two_sat_fleet).messages()
+    ticks = sorted({m.timestamp for m in msgs})
+    assert len(ticks) == 3  # every stream of a tick shares its instant

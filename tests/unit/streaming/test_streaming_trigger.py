@@ -36,6 +36,7 @@ class FakePublisher:
         self.published: list[tuple[InferenceBatch, str]] = []
         self.attempts: list[str] = []
         self.threads: set[str] = set()
+        self.queued: dict[str, int] = {}  # queue -> tasks no worker has taken (waiting)
 
     def publish(self, batch: InferenceBatch, queue: str) -> None:
         self.attempts.append(queue)
@@ -44,6 +45,10 @@ class FakePublisher:
             self.failures -= 1
             raise ConnectionResetError("rabbitmq down")
         self.published.append((batch, queue))
+
+    def waiting(self, queue: str) -> int:
+        self.threads.add(threading.current_thread().name)
+        return self.queued.get(queue, 0)
 
     def streams(self) -> list[tuple[str, list[tuple[str, int]]]]:
         return [(q, [(f.stream_id, f.index) for f in b.frames]) for b, q in self.published]
@@ -279,3 +284,26 @@ def test_a_stop_before_the_flush_still_makes_one_attempt(
 
     assert _run(fleet, widths, publisher, fake_producer(), scenario) is (failures == 0)
     assert len(publisher.attempts) == 1
+
+
+def test_queued_ahead_asks_only_the_queues_of_shards_with_pending_frames(
+    frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
+    fake_producer: Callable[..., Any],
+) -> None:
+    publisher, producer = FakePublisher(), fake_producer()
+    a1 = record(json.dumps(frame(satellite_id="SAT-001", entity="A-1", index=0)).encode(),
+                topic=TP.topic, partition=TP.partition, offset=0)
+    shard = shard_of("SAT-001/A-1", SHARDS)
+    others = [queue_name(k) for k in range(SHARDS) if k != shard]
+
+    async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> list[bool]:
+        seen = [await sink.queued_ahead()]  # nothing pending: nothing to hold
+        await sink.add(TP, a1)
+        publisher.queued = dict.fromkeys(others, 5)  # other shards' workers behind: not A-1's business
+        seen.append(await sink.queued_ahead())
+        publisher.queued[queue_name(shard)] = 1  # A-1's worker has not taken the last task yet
+        seen.append(await sink.queued_ahead())
+        return seen
+
+    assert _run(fleet, widths, publisher, producer, scenario) == [False, False, True]
+    assert all(t.startswith("celery-publish") for t in publisher.threads)  # the publishing thread, in order
