@@ -189,3 +189,33 @@ def test_repository_index_and_config(server: TritonServer) -> None:
     assert config["instance_group"][0]["kind"] == "KIND_CPU" and config["instance_group"][0]["count"] == 1
     assert [i["name"] for i in config["input"]] == [t.name for t in INPUTS]
     assert [i["name"] for i in config["input"]][:3] == ["input_data", "stream_id", "sequence_index"]
+
+
+def test_infer_many_answers_every_request_in_its_place_from_threads(
+    server: TritonServer, reference: dict[str, tuple[np.ndarray, SequenceOutput]]
+) -> None:
+    """One request per model, all in flight on the client's threads: each entry answers its own request
+    (equal to the offline model, stream state kept across calls), an unknown model fails only its entry."""
+    import threading
+
+    client = OmniAnomalyClient(server.url, concurrency=3)
+    run = uuid.uuid4().hex[:8]
+    sid = {e: f"SAT-{run}/{e}" for e in ENTITIES}
+    before = {t.name for t in threading.enumerate()}
+    try:
+        for step in range(0, 40, 4):  # 4 rows of each stream per request, 10 calls
+            requests = [ModelRequest(e, reference[e][0][step:step + 4], [sid[e]] * 4,
+                                     [START[e] + step + k for k in range(4)]) for e in ENTITIES]
+            requests.insert(1, ModelRequest("Z-9", reference["A-1"][0][step:step + 1]))  # no such model
+            out = client.infer_many(requests)
+            assert len(out) == 3
+            assert isinstance(out[1], TritonInferenceError)
+            for entity, got in ((ENTITIES[0], out[0]), (ENTITIES[1], out[2])):
+                assert isinstance(got, list) and len(got) == 4
+                for k, row in enumerate(got):
+                    _check(entity, step + k, row, reference[entity][1])
+        threads = {t.name for t in threading.enumerate()} - before
+        assert threads and all(name.startswith("triton") for name in threads)
+    finally:
+        client.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("triton")]
