@@ -577,6 +577,25 @@ def vm_samples(vm_url: str, start_ms: int, end_ms: int) -> dict[str, int]:
     return {"samples": total, "distinct": distinct, "duplicates": total - distinct, "series": series}
 
 
+def vm_samples_settled(vm_url: str, start_ms: int, end_ms: int, expected: int, timeout_s: float = 30
+                       ) -> dict[str, int]:
+    """vm_samples, read again (1 s apart, at most `timeout_s`) until it holds `expected` distinct samples or
+    stops growing: samples imported the moment before can take a few seconds to become searchable, so a
+    single read right after a catching-up consumer undercounts what VictoriaMetrics stored."""
+    deadline = time.monotonic() + timeout_s
+    stored = vm_samples(vm_url, start_ms, end_ms)
+    while stored["distinct"] < expected and time.monotonic() < deadline:
+        time.sleep(1.0)
+        again = vm_samples(vm_url, start_ms, end_ms)
+        if again["distinct"] == stored["distinct"] and again["samples"] == stored["samples"]:
+            time.sleep(2.0)  # twice the same: one more look after a longer pause, then believe it
+            again = vm_samples(vm_url, start_ms, end_ms)
+            if again == stored:
+                return stored
+        stored = again
+    return stored
+
+
 def _ms(t: float) -> int:
     return int(t * 1000)
 
@@ -1009,7 +1028,7 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)
         tap.stop()
         paced_window = (_ms(t_paced0), _ms(sim_end[0]))
-        stored = vm_samples(chain.vm_url(), *paced_window)
+        stored = vm_samples_settled(chain.vm_url(), *paced_window, expected=S * paced_steps)
         arr = proxy.arrivals(*paced_window)
         latencies = [t * 1000 - ts for ts, t in arr]
         stamps = sorted({ts for ts, _ in arr})
@@ -1069,7 +1088,7 @@ def main(argv: list[str] | None = None) -> None:
         wall = (max(times) - t_full0) if times else float("nan")
         full_cpu = cpu_rows(cpu_delta(cpu0, cpu1), wall, len(arr),
                             exclude=[BENCH_ROW, "postgresql (whole server)"])
-        stored = vm_samples(chain.vm_url(), _ms(t_full0), _ms(t_sim_end))
+        stored = vm_samples_settled(chain.vm_url(), _ms(t_full0), _ms(t_sim_end), expected=total)
         full_fps = sustained_rate(times)
         report["full_speed"] = {
             "steps": full, "frames_sent": simulator_frames(chain.logs / "simulator.log"), "frames_expected": total,

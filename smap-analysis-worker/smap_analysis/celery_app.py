@@ -16,7 +16,7 @@ from celery.signals import after_setup_logger, worker_ready, worker_shutdown, wo
 from prometheus_client import start_http_server
 
 from smap_shared.settings import WorkerSettings
-from smap_shared.streaming.celery_app import make_celery_app
+from smap_shared.streaming.celery_app import ShardBusy, make_celery_app
 from smap_shared.streaming.worker import SHUTDOWN, close_process_runner, worker_metrics_port
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def create_app(settings: WorkerSettings) -> Celery:
 
 settings = WorkerSettings()
 app = create_app(settings)
+shard_busy = ShardBusy(settings.celery_result_backend)
 
 
 def _start_metrics(**_: Any) -> None:
@@ -48,6 +49,7 @@ def _stopping(**_: Any) -> None:
 
 def _close(**_: Any) -> None:
     close_process_runner()
+    shard_busy.close()
 
 
 def _log_level(logger: logging.Logger, **_: Any) -> None:

@@ -3,11 +3,18 @@ both declare the shard queues with the same arguments."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from smap_shared.routing import queue_name
 from smap_shared.settings import TriggerSettings, WorkerSettings
+
+log = logging.getLogger(__name__)
 
 
 def shard_queues(shards: int) -> list[Queue]:
@@ -47,3 +54,62 @@ def make_celery_app(settings: TriggerSettings | WorkerSettings, main: str = "sma
         worker_send_task_events=True,  # Flower
     )
     return app
+
+
+#: A busy flag outlives a worker that died mid-task by at most this long (the trigger also bounds any hold
+#: by TRIGGER_HOLD_MAX_MS).
+BUSY_TTL_MS = 30_000
+
+
+class ShardBusy:
+    """Whether a shard's worker is running a task: a key per queue in the Celery result backend (Redis), set
+    by the worker while it runs one, read by the trigger's adaptive batches (a queue's ready count alone
+    cannot tell a busy worker from an idle one). Best effort on both sides: a flag that cannot be written or
+    read counts as "not busy" -- it only ever delays a publish, it never blocks a task or loses a frame.
+
+    >>> ShardBusy("rpc://").busy(["q"])  # no Redis backend: nobody is ever "busy"
+    [False]
+    """
+
+    def __init__(self, backend_url: str, timeout_s: float = 0.5) -> None:
+        self._redis: Any = None
+        if backend_url.startswith(("redis://", "rediss://")):
+            import redis
+
+            self._redis = redis.Redis.from_url(backend_url, socket_timeout=timeout_s,
+                                               socket_connect_timeout=timeout_s)
+
+    @staticmethod
+    def key(queue: str) -> str:
+        return f"smap:shard-busy:{queue}"
+
+    @contextlib.contextmanager
+    def running(self, queue: str | None) -> Iterator[None]:
+        """Mark `queue`'s worker busy for the block (None: a task not delivered from a queue, no mark)."""
+        marked = queue is not None and self._call(lambda r: r.set(self.key(queue), "1", px=BUSY_TTL_MS))
+        try:
+            yield
+        finally:
+            if marked and queue is not None:
+                self._call(lambda r: r.delete(self.key(queue)))
+
+    def busy(self, queues: Sequence[str]) -> list[bool]:
+        """For each queue: its worker is running a task (False where that cannot be told)."""
+        if not queues:
+            return []
+        got = self._call(lambda r: r.mget([self.key(q) for q in queues]))
+        return [v is not None for v in got] if isinstance(got, list) else [False] * len(queues)
+
+    def _call(self, action: Callable[[Any], Any]) -> Any:
+        if self._redis is None:
+            return None
+        try:
+            return action(self._redis)
+        except Exception as exc:  # best effort, see the class
+            log.debug("shard busy flag: %r", exc)
+            return None
+
+    def close(self) -> None:
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                self._redis.close()

@@ -4,8 +4,8 @@ invalid frames -> the dead-letter topic.
 Records are read with `getmany` and validated one by one; valid frames are grouped by the shard of their
 stream, in the order read (so each stream's frames keep their order), and each shard's group is published as
 one task `smap_analysis.tasks.run_omnianomaly_batch` when TRIGGER_BATCH_MAX frames are pending or the oldest
-has waited TRIGGER_LINGER_MS -- unless a shard's queue still holds a task its worker has not taken
-(TRIGGER_HOLD_WHILE_QUEUED): then the batch grows until the worker took it, the batch is full or
+has waited TRIGGER_LINGER_MS -- unless that shard's worker is still running a task or its queue still holds
+one (TRIGGER_HOLD_WHILE_QUEUED): then the batch grows until the worker is free, the batch is full or
 TRIGGER_HOLD_MAX_MS passed, so tasks grow with the load. Offsets are committed only once every task and dead
 letter covering them is durable (RabbitMQ confirmed the task, Kafka acked the letter): at-least-once, and the
 model recognises a redelivered index. A RabbitMQ outage blocks the trigger (retried in place, nothing
@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,7 +33,7 @@ from smap_shared.routing import BATCH_TASK_NAME, queue_name, shard_of
 from smap_shared.schemas import InferenceBatch, InferenceTask
 from smap_shared.settings import TriggerSettings
 from smap_shared.streaming.app import lag_gauge, run_batches
-from smap_shared.streaming.celery_app import make_celery_app
+from smap_shared.streaming.celery_app import ShardBusy, make_celery_app
 from smap_shared.streaming.kafka import AckedSender, key_text, make_consumer, settle, start_producer
 from smap_shared.streaming.metrics import trigger_metrics
 from smap_shared.streaming.retry import retry_until_done
@@ -55,14 +55,23 @@ class TaskPublisher(Protocol):
     def publish(self, batch: InferenceBatch, queue: str) -> None:
         """Blocking: returns once the broker has confirmed the task message."""
 
-    def waiting(self, queue: str) -> int:
-        """Blocking: tasks in `queue` that no worker has taken yet; 0 when that cannot be told."""
+    def busy(self, queues: Sequence[str]) -> bool:
+        """Blocking: a worker of one of `queues` is running a task, or a task waits in one (False when that
+        cannot be told)."""
 
 
 class CeleryPublisher:
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, flags: ShardBusy | None = None) -> None:
         self.app = app
+        self.flags = flags
         self._probe: Connection | None = None
+
+    def busy(self, queues: Sequence[str]) -> bool:
+        """The workers' busy flags first (one Redis round trip); only when none is set, the queues' ready
+        counts (a task published while its worker was between tasks)."""
+        if self.flags is not None and any(self.flags.busy(queues)):
+            return True
+        return any(self.waiting(q) > 0 for q in queues)
 
     def publish(self, batch: InferenceBatch, queue: str) -> None:
         self.app.send_task(BATCH_TASK_NAME, kwargs=batch.model_dump(mode="json"), queue=queue)
@@ -82,6 +91,8 @@ class CeleryPublisher:
             return 0
 
     def close(self) -> None:
+        if self.flags is not None:
+            self.flags.close()
         probe, self._probe = self._probe, None
         if probe is not None:
             with contextlib.suppress(Exception):
@@ -134,13 +145,15 @@ class TelemetrySink:
         return True
 
     async def queued_ahead(self) -> bool:
-        """The loop's `hold`: True while the queue of a shard with pending frames still holds a task its worker
-        has not taken (its next task would only wait behind it, so let it grow instead)."""
+        """The loop's `hold`: True while the worker of a shard with pending frames is still running a task, or
+        its queue still holds one (the next task would only wait behind it, so let it grow instead)."""
+        if not self.pending:
+            return False
+        queues = [queue_name(shard) for shard in sorted(self.pending)]
         loop = asyncio.get_running_loop()
-        for shard in sorted(self.pending):
-            if await loop.run_in_executor(self.executor, self.publisher.waiting, queue_name(shard)) > 0:
-                self.metrics.holds.inc()
-                return True
+        if await loop.run_in_executor(self.executor, self.publisher.busy, queues):
+            self.metrics.holds.inc()
+            return True
         return False
 
     async def flush(self) -> bool:
@@ -192,7 +205,7 @@ async def run_trigger(
     own_app: Celery | None = None
     if publisher is None:
         own_app = make_celery_app(settings, main=SERVICE)
-        publisher = CeleryPublisher(own_app)
+        publisher = CeleryPublisher(own_app, ShardBusy(settings.celery_result_backend))
     consumer = make_consumer(
         settings.telemetry_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.trigger_group_id, client_id=SERVICE,

@@ -25,7 +25,7 @@ from smap_shared.fleet import load_fleet
 from smap_shared.routing import BATCH_TASK_NAME, queue_for, queue_name
 from smap_shared.schemas import DeadLetter, InferenceBatch, InferenceTask, TelemetryMessage, sensor_keys, utc_now
 from smap_shared.settings import TriggerSettings
-from smap_shared.streaming.celery_app import make_celery_app, shard_queues
+from smap_shared.streaming.celery_app import ShardBusy, make_celery_app, shard_queues
 from smap_shared.streaming.metrics import trigger_metrics
 from smap_shared.streaming.trigger import CeleryPublisher, TriggerStats, run_trigger
 from smap_shared.streaming.validation import MAX_TELEMETRY_BYTES
@@ -117,6 +117,41 @@ def test_the_publishers_queue_probe_counts_the_tasks_no_worker_took(broker_url: 
     down = TriggerSettings(celery_broker_url="amqp://guest:guest@127.0.0.1:1//", inference_shards=SHARDS)
     unreachable = CeleryPublisher(make_celery_app(down))
     assert unreachable.waiting(queue_name(0)) == 0
+
+
+def test_a_worker_is_busy_while_it_runs_a_task_and_the_flag_never_blocks(broker_url: str) -> None:
+    """ShardBusy on the real Redis: set for the block the worker runs, cleared after it (also when the task
+    raised), read by the trigger's publisher together with the queue's ready count; without Redis every
+    answer is "not busy" and the block still runs."""
+    _declare_queues(broker_url)
+    _drain_queues(broker_url)
+    backend = "redis://localhost:6379/12"
+    worker_side, trigger_side = ShardBusy(backend), ShardBusy(backend)
+    app = make_celery_app(TriggerSettings(celery_broker_url=broker_url, inference_shards=SHARDS))
+    publisher = CeleryPublisher(app, trigger_side)
+    q0, q1 = queue_name(0), queue_name(1)
+    try:
+        assert publisher.busy([q0, q1]) is False
+        with worker_side.running(q1):
+            assert trigger_side.busy([q0, q1]) == [False, True]
+            assert publisher.busy([q1]) is True and publisher.busy([q0]) is False
+        assert publisher.busy([q0, q1]) is False
+        with pytest.raises(RuntimeError), worker_side.running(q0):
+            raise RuntimeError("task failed")
+        assert trigger_side.busy([q0]) == [False]  # cleared on the way out
+        frame = InferenceTask.from_telemetry(TelemetryMessage.model_validate(_frame("SAT-001", "A-1", 0)))
+        publisher.publish(InferenceBatch(frames=[frame]), q0)  # waiting, no worker: busy by the queue
+        assert publisher.busy([q0]) is True
+        _drain_queues(broker_url)
+    finally:
+        publisher.close()
+        worker_side.close()
+        app.close()
+    no_redis = ShardBusy("redis://127.0.0.1:1/0", timeout_s=0.2)
+    ran = []
+    with no_redis.running(q0):
+        ran.append(True)
+    assert ran == [True] and no_redis.busy([q0, q1]) == [False, False]
 
 async def _wait_committed(bootstrap: str, settings: TriggerSettings, records: int, timeout_s: float) -> None:
     """Until the group committed every one of the topic's `records` records."""

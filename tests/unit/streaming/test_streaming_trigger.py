@@ -36,7 +36,8 @@ class FakePublisher:
         self.published: list[tuple[InferenceBatch, str]] = []
         self.attempts: list[str] = []
         self.threads: set[str] = set()
-        self.queued: dict[str, int] = {}  # queue -> tasks no worker has taken (waiting)
+        self.queued: dict[str, int] = {}  # queue -> tasks running or waiting there
+        self.asked: list[list[str]] = []
 
     def publish(self, batch: InferenceBatch, queue: str) -> None:
         self.attempts.append(queue)
@@ -46,9 +47,10 @@ class FakePublisher:
             raise ConnectionResetError("rabbitmq down")
         self.published.append((batch, queue))
 
-    def waiting(self, queue: str) -> int:
+    def busy(self, queues: Sequence[str]) -> bool:
         self.threads.add(threading.current_thread().name)
-        return self.queued.get(queue, 0)
+        self.asked.append(list(queues))
+        return any(self.queued.get(q, 0) > 0 for q in queues)
 
     def streams(self) -> list[tuple[str, list[tuple[str, int]]]]:
         return [(q, [(f.stream_id, f.index) for f in b.frames]) for b, q in self.published]
@@ -306,4 +308,5 @@ def test_queued_ahead_asks_only_the_queues_of_shards_with_pending_frames(
         return seen
 
     assert _run(fleet, widths, publisher, producer, scenario) == [False, False, True]
+    assert publisher.asked == [[queue_name(shard)]] * 2  # only the pending shard's queue, nothing when idle
     assert all(t.startswith("celery-publish") for t in publisher.threads)  # the publishing thread, in order
