@@ -30,7 +30,7 @@ def create_app(settings: WorkerSettings) -> Celery:
 
 settings = WorkerSettings()
 app = create_app(settings)
-shard_busy = ShardBusy(settings.celery_result_backend)
+shard_busy = ShardBusy(settings.celery_result_backend, settings.celery_broker_url)
 
 
 def _start_metrics(**_: Any) -> None:

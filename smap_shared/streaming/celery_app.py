@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -67,11 +68,17 @@ class ShardBusy:
     cannot tell a busy worker from an idle one). Best effort on both sides: a flag that cannot be written or
     read counts as "not busy" -- it only ever delays a publish, it never blocks a task or loses a frame.
 
+    The keys carry the broker's vhost: two systems (or a test's chain) that share a Redis but not a vhost
+    never see each other's flags.
+
     >>> ShardBusy("rpc://").busy(["q"])  # no Redis backend: nobody is ever "busy"
     [False]
+    >>> ShardBusy("rpc://", "amqp://u:p@rabbit:5672/smap-test-1").key("smap-inference-shard-0")
+    'smap:shard-busy:smap-test-1:smap-inference-shard-0'
     """
 
-    def __init__(self, backend_url: str, timeout_s: float = 0.5) -> None:
+    def __init__(self, backend_url: str, broker_url: str = "", timeout_s: float = 0.5) -> None:
+        self.vhost = urllib.parse.unquote(urllib.parse.urlsplit(broker_url).path.lstrip("/")) or "/"
         self._redis: Any = None
         if backend_url.startswith(("redis://", "rediss://")):
             import redis
@@ -79,9 +86,8 @@ class ShardBusy:
             self._redis = redis.Redis.from_url(backend_url, socket_timeout=timeout_s,
                                                socket_connect_timeout=timeout_s)
 
-    @staticmethod
-    def key(queue: str) -> str:
-        return f"smap:shard-busy:{queue}"
+    def key(self, queue: str) -> str:
+        return f"smap:shard-busy:{self.vhost}:{queue}"
 
     @contextlib.contextmanager
     def running(self, queue: str | None) -> Iterator[None]:

@@ -205,7 +205,7 @@ async def run_trigger(
     own_app: Celery | None = None
     if publisher is None:
         own_app = make_celery_app(settings, main=SERVICE)
-        publisher = CeleryPublisher(own_app, ShardBusy(settings.celery_result_backend))
+        publisher = CeleryPublisher(own_app, ShardBusy(settings.celery_result_backend, settings.celery_broker_url))
     consumer = make_consumer(
         settings.telemetry_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.trigger_group_id, client_id=SERVICE,

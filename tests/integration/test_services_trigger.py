@@ -126,7 +126,8 @@ def test_a_worker_is_busy_while_it_runs_a_task_and_the_flag_never_blocks(broker_
     _declare_queues(broker_url)
     _drain_queues(broker_url)
     backend = "redis://localhost:6379/12"
-    worker_side, trigger_side = ShardBusy(backend), ShardBusy(backend)
+    worker_side, trigger_side = ShardBusy(backend, broker_url), ShardBusy(backend, broker_url)
+    elsewhere = ShardBusy(backend, "amqp://guest:guest@localhost:5672/another-system")
     app = make_celery_app(TriggerSettings(celery_broker_url=broker_url, inference_shards=SHARDS))
     publisher = CeleryPublisher(app, trigger_side)
     q0, q1 = queue_name(0), queue_name(1)
@@ -134,6 +135,7 @@ def test_a_worker_is_busy_while_it_runs_a_task_and_the_flag_never_blocks(broker_
         assert publisher.busy([q0, q1]) is False
         with worker_side.running(q1):
             assert trigger_side.busy([q0, q1]) == [False, True]
+            assert elsewhere.busy([q1]) == [False]  # another vhost's trigger never sees this worker
             assert publisher.busy([q1]) is True and publisher.busy([q0]) is False
         assert publisher.busy([q0, q1]) is False
         with pytest.raises(RuntimeError), worker_side.running(q0):
@@ -146,8 +148,9 @@ def test_a_worker_is_busy_while_it_runs_a_task_and_the_flag_never_blocks(broker_
     finally:
         publisher.close()
         worker_side.close()
+        elsewhere.close()
         app.close()
-    no_redis = ShardBusy("redis://127.0.0.1:1/0", timeout_s=0.2)
+    no_redis = ShardBusy("redis://127.0.0.1:1/0", broker_url, timeout_s=0.2)
     ran = []
     with no_redis.running(q0):
         ran.append(True)
