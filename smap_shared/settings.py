@@ -92,8 +92,8 @@ class TriggerSettings(_CelerySettings, _TelemetryCheckSettings):
     #: the Celery result backend) or its queue still holds one, keep collecting (another linger, up to
     #: trigger_batch_max frames) instead of queueing one more small task behind it. Under load tasks grow by
     #: themselves (Triton's cost is mostly per request); at light load the worker is idle and nothing waits
-    #: longer than the linger. A frame is held at most
-    #: trigger_hold_max_ms past its linger (a worker that is down must not keep its shard's frames here).
+    #: longer than the linger. A frame is held at most trigger_hold_max_ms past its linger (a worker that is
+    #: down must not keep its shard's frames here).
     trigger_hold_while_queued: bool = True
     trigger_hold_max_ms: int = Field(default=1000, ge=0, le=60_000)
     kafka_fetch_max_wait_ms: int = 20  # Tansu holds every fetch this long: keep it low for latency

@@ -43,6 +43,7 @@ from smap_shared.model.rules import (
     ALARM_CAUSES,
     DEPLOYED_RULE_NAME,
     HYBRID_RULE,
+    LATCH_RULE,
     QUIET_RULE,
     STEP_RULE,
     CausalNdtRule,
@@ -60,6 +61,7 @@ RULES: dict[str, Rule] = {
     "causal_ndt_hybrid": HYBRID_RULE,  # deployed before causal_ndt_step
     "causal_ndt_step": STEP_RULE,  # deployed before causal_ndt_quiet
     "causal_ndt_quiet": QUIET_RULE,  # deployed before causal_ndt_latch
+    "causal_ndt_latch": LATCH_RULE,  # deployed before causal_ndt_scale_free
     DEPLOYED_RULE_NAME: DEPLOYED,
 }
 DEPLOYED_RULE = DEPLOYED_RULE_NAME
@@ -173,6 +175,7 @@ def build_report(results: list[ChannelResult], args: argparse.Namespace, seconds
             {r.channel: r.grid for r in results if r.grid is not None},
             {r.channel: r.oracle for r in results if r.oracle is not None},
         )
+        selection["deployed_variant"] = next((k for k, v in GRID.items() if v == DEPLOYED), None)
     meta = Checkpoint.load(Path(args.checkpoints) / f"{results[0].channel}.ckpt").meta
     dataset = getattr(args, "dataset", "SMAP")
     return {

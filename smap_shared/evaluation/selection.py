@@ -38,30 +38,29 @@ from smap_shared.model.rules import CausalNdtRule
 
 Array = npt.NDArray[np.float64]
 
-#: Variants of the causal rule searched over: telemanom's defaults plus the window/level options, then the
-#: persistence of the relative alarm and the raw-value step alarm on top of cap=1, or=2, hold=100, then the
-#: quiet alarm (window, pad) on top of the step rule, then the latch on top of the quiet rule.
+#: Variants of the causal rule the selection chooses among (issue 15: every choice by leave-one-family-out):
+#: telemanom's defaults plus the window/level options; the persistence of the relative alarm; then, on
+#: top of cap=1, or=2, hold=100, persist=30, the raw-value alarms in their scale-free form (`scale_window`
+#: x step factor x quiet pad, quiet off included) with and without the latch. The unit-bound raw-value
+#: alarms (train_max_step in the train split's units) are not candidates: they change with the units of
+#: the value (research/scale_free.py), so no choice among them would hold on a feed scaled otherwise.
+_SF_BASE = replace(CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=30, quiet_window=50)
 GRID: dict[str, CausalNdtRule] = {
     f"cap={int(c)},or={o:g},hold={h}": replace(CausalNdtRule(), cap_flagged=c, or_margin=o, hold=h)
     for c in (False, True)
     for o in (0.0, 1.5, 2.0, 3.0, 4.0)
     for h in (100, 250)
 } | {
-    f"cap=1,or=2,hold=100,persist={p},step={s:g}": replace(
-        CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=p, step_factor=s)
-    for p in (1, 10, 30)
-    for s in (0.0, 1.5, 2.0)
-    if (p, s) != (1, 0.0)
+    f"cap=1,or=2,hold=100,persist={p}": replace(CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=p)
+    for p in (10, 30)
 } | {
-    f"cap=1,or=2,hold=100,persist=30,step=1.5,quiet={w}/{q:g}": replace(
-        CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=w, quiet_pad=q)
-    for w in (20, 50, 100)
-    for q in (0.15, 0.25, 0.35)
-} | {
-    f"cap=1,or=2,hold=100,persist=30,step=1.5,quiet=50/0.25,latch={lam:g}": replace(
-        CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=30, step_factor=1.5, quiet_window=50,
-        quiet_pad=0.25, latch=lam)
-    for lam in (0.85, 0.9, 1.0, 1.1, 1.2)
+    f"cap=1,or=2,hold=100,persist=30,scale={w},step={f:g},quiet={'off' if q is None else f'50/{q:g}'},"
+    f"latch={lam:g}": replace(_SF_BASE, scale_window=w, step_factor=f, latch=lam,
+                              quiet_window=0 if q is None else 50, quiet_pad=0.25 if q is None else q)
+    for w in (250, 700, 2100)
+    for f in (1.25, 1.5, 2.0)
+    for q in (None, 0.15, 0.25, 0.35)
+    for lam in (0.0, 1.0)
 }
 
 
@@ -132,7 +131,9 @@ def selection_report(
     folds, held = cross_validate(per_channel)
     names = list(next(iter(per_channel.values())))
     in_sample = {k: aggregate([m[k] for m in per_channel.values()]) for k in names}
+    on_all = max(names, key=lambda k: _objective([m[k] for m in per_channel.values()]))
     return {
+        "selected_on_all": on_all,  # what the same procedure picks with every family: the deployed choice
         "objective": "event F1 + point-wise F1, TP/FP/FN summed over the selecting families",
         "grid": {k: {"event": v.event.as_dict(), "point": v.point.as_dict()} for k, v in in_sample.items()},
         "protocol": "leave-one-family-out: each channel family scored with the variant chosen on the others",

@@ -33,6 +33,13 @@ the offline evaluation and a stream agree by construction (see the tests).
   instead of rising). It alarms on entering that condition, then holds like the others. `latch` keeps an
   alarm up past its hold while the smoothed error stays above `latch` times the threshold in force when the
   alarm began (hysteresis: inside a long anomaly the adaptive threshold climbs and would end it early).
+  `scale_window` makes both raw-value alarms scale-free: the step is divided by the value's range over the
+  last ~`scale_window` steps before it (whole `stride` batches: the current one and those before it, so the
+  state keeps two numbers per batch), the rolling std by the range over those steps and the current one,
+  and the train split's largest / lowest such ratios (the same causal pass over the train split, after the
+  warm-up) replace the values in train units. telemanom scaled each split to [-1, 1] by its own min/max
+  and a live feed is not rescaled at all, so only a ratio means the same thing on train, test and a
+  stream: the alarms are then unchanged by any a * x + b of the raw value (a > 0; tests check it).
 """
 
 from __future__ import annotations
@@ -158,10 +165,11 @@ class TrainPotRule(_StaticScoreRule):
         return {"kind": self.kind, **asdict(self)}
 
 
-# State layout of CausalNdtRule: a header, the ring of past smoothed errors, then the ring of the last
-# `quiet_window` raw values (empty when the quiet alarm is off).
+# State layout of CausalNdtRule: a header, the ring of past smoothed errors, the ring of the last
+# `quiet_window` raw values (empty when the quiet alarm is off), then the max and the min of each of the
+# last `scale_blocks` - 1 complete batches of raw values (empty unless the raw-value alarms are scale-free).
 (_EWMA, _COUNT, _EPS, _NORMAL_MAX, _POS, _FILLED, _HOLD, _SEEN, _RUN, _PREV, _QPOS, _QFILLED, _QON, _CAUSE,
- _ON, _LATCH_REF, _HEADER) = range(17)
+ _ON, _LATCH_REF, _SPOS, _SFILLED, _SCUR_N, _SCUR_HI, _SCUR_LO, _HEADER) = range(22)
 
 
 @dataclass(frozen=True)
@@ -189,9 +197,11 @@ class CausalNdtRule(Rule):
     quiet_window: int = 0  # > 0: also alarm when the raw value's rolling std (this many steps) is below
     quiet_pad: float = 0.25  # ... the train minimum of it minus quiet_pad x the train range of it
     latch: float = 0.0  # > 0: an alarm stays up past its hold while the signal > latch x the threshold it began at
-    # Fitted per entity from the train split:
+    scale_window: int = 0  # > 0: step and rolling std relative to the value's range over about this many
+    # steps (whole batches of `stride`: the current one and ceil(scale_window / stride) - 1 before it)
+    # Fitted per entity from the train split (with scale_window > 0 the three raw-value ones are ratios):
     train_max: float = 0.0  # largest smoothed train error
-    train_max_step: float = -1.0  # largest |x[t] - x[t-1]| of the watched raw value; < 0: not fitted
+    train_max_step: float = -1.0  # largest |x[t] - x[t-1]| of the watched raw value; < 0: not fitted / off
     train_quiet_min: float = -1.0  # lowest rolling std of the raw value in train; < 0: not fitted
     train_quiet_max: float = -1.0  # highest
     initial: tuple[float, ...] = field(default=(), repr=False)  # last `window` smoothed train errors
@@ -224,12 +234,34 @@ class CausalNdtRule(Rule):
             if train_raw is None:
                 raise ValueError("the step and quiet alarms are fitted from the train split's raw rows")
             col = np.asarray(train_raw, dtype=np.float64)[:, self.value_column]
-            if self.step_factor > 0:
-                max_step = float(np.abs(np.diff(col)).max()) if col.size > 1 else 0.0
-            if self.quiet_window > 0 and col.size >= self.quiet_window:
-                q_min, q_max = quiet_range(col, self.quiet_window)
+            if self.scale_window > 0:
+                max_step, q_min, q_max = self._fit_scale_free(col)
+            else:
+                if self.step_factor > 0:
+                    max_step = float(np.abs(np.diff(col)).max()) if col.size > 1 else 0.0
+                if self.quiet_window > 0 and col.size >= self.quiet_window:
+                    q_min, q_max = quiet_range(col, self.quiet_window)
         return replace(self, initial=tuple(float(x) for x in tail), train_max=float(settled.max()),
                        train_max_step=max_step, train_quiet_min=q_min, train_quiet_max=q_max)
+
+    def _fit_scale_free(self, col: Array) -> tuple[float, float, float]:
+        """(largest step ratio, lowest and highest quiet ratio) of the train split after the warm-up, by the
+        same causal pass a stream makes. A train split that already stepped out of a flat stretch (ratio
+        inf) leaves the step alarm off (-1): no step can be larger."""
+        max_step, q_min, q_max = -1.0, -1.0, -1.0
+        if self.step_factor > 0:
+            r = step_ratio(col, self.scale_blocks, self.stride)[self.warmup :]
+            r = r[~np.isnan(r)]
+            top = float(r.max()) if r.size else 0.0
+            max_step = top if math.isfinite(top) else -1.0
+        if self.quiet_window > 0 and col.size >= self.quiet_window:
+            q = quiet_ratio(col, self.quiet_window, self.scale_blocks, self.stride)[
+                max(self.warmup, self.quiet_window - 1) :]
+            q = q[~np.isnan(q)]
+            if q.size:
+                lo, hi = float(q.min()), float(q.max())
+                q_min, q_max = (0.0 if lo <= 1e-9 else lo), hi
+        return max_step, q_min, q_max
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind}
@@ -239,7 +271,8 @@ class CausalNdtRule(Rule):
         return d
 
     def initial_state(self) -> Array:
-        st = np.zeros(_HEADER + self.window + max(self.quiet_window, 0), dtype=np.float64)
+        st = np.zeros(_HEADER + self.window + max(self.quiet_window, 0) + 2 * max(self.scale_blocks - 1, 0),
+                      dtype=np.float64)
         init = np.asarray(self.initial, dtype=np.float64)[-self.window :]
         st[_HEADER : _HEADER + init.size] = init
         st[_FILLED] = init.size
@@ -289,9 +322,10 @@ class CausalNdtRule(Rule):
         pos = int(state[_POS])
         return np.concatenate((ring[pos:], ring[:pos]))
 
-    def _step_alarm(self, state: Array, raw: Array | None) -> bool:
+    def _step_alarm(self, state: Array, raw: Array | None, past_range: float = math.nan) -> bool:
         """A step of the raw value larger than `step_factor` x any step seen in the train split (a level
-        jump the model's smoothed error reacts to late or not at all)."""
+        jump the model's smoothed error reacts to late or not at all); scale-free: `past_range` is the
+        range of the last `scale_window` values before this one (nan: fewer than two)."""
         if self.step_factor <= 0 or self.train_max_step < 0 or raw is None:
             return False
         v = float(raw[self.value_column])
@@ -300,6 +334,10 @@ class CausalNdtRule(Rule):
         if math.isnan(prev):
             return False
         step = abs(v - prev)
+        if self.scale_window > 0:  # the step as a ratio of the range of the values before it
+            if math.isnan(past_range):
+                return False
+            step = step / past_range if past_range > 0 else (math.inf if step > 0 else 0.0)
         return step > self.step_factor * self.train_max_step if self.train_max_step > 0 else step > 0.0
 
     @property
@@ -309,9 +347,10 @@ class CausalNdtRule(Rule):
             return -math.inf
         return self.train_quiet_min - self.quiet_pad * (self.train_quiet_max - self.train_quiet_min)
 
-    def _quiet_alarm(self, state: Array, raw: Array | None) -> bool:
+    def _quiet_alarm(self, state: Array, raw: Array | None, range_now: float = math.nan) -> bool:
         """Entering "quieter than ever in training": the rolling std of the last `quiet_window` raw values
-        drops below `quiet_level` (fires on the entering step only; the hold keeps the alarm up)."""
+        drops below `quiet_level` (fires on the entering step only; the hold keeps the alarm up);
+        scale-free: the std over `range_now`, the range of the scale window and this value (0 if flat)."""
         level = self.quiet_level
         if level == -math.inf or raw is None:
             return False
@@ -321,10 +360,51 @@ class CausalNdtRule(Rule):
         state[base + pos] = float(raw[self.value_column])
         state[_QPOS] = (pos + 1) % w
         state[_QFILLED] = min(state[_QFILLED] + 1, w)
-        quiet = bool(state[_QFILLED] >= w and float(np.std(state[base : base + w])) < level)
+        sd = float(np.std(state[base : base + w])) if state[_QFILLED] >= w else math.inf
+        if self.scale_window > 0 and sd < math.inf:
+            sd = sd / range_now if range_now > 0 else 0.0
+        quiet = sd < level
         entered = quiet and state[_QON] == 0
         state[_QON] = 1.0 if quiet else 0.0
         return entered
+
+    @property
+    def scale_blocks(self) -> int:
+        """Batches of `stride` steps the scale-free range spans (the current one and those before it)."""
+        return -(-self.scale_window // self.stride) if self.scale_window > 0 else 0
+
+    def _scale(self, state: Array, raw: Array | None) -> tuple[float, float]:
+        """Scale-free alarms: the raw value's range before this step (nan: fewer than two values) and with
+        this one, over the current `stride`-step batch and the `scale_blocks` - 1 complete ones before it
+        (the state keeps each batch's max and min, not its values); this value then joins its batch."""
+        if self.scale_window <= 0 or raw is None:
+            return math.nan, math.nan
+        v = float(raw[self.value_column])
+        base = _HEADER + self.window + max(self.quiet_window, 0)
+        ring_n = self.scale_blocks - 1
+        filled, cur_n = int(state[_SFILLED]), int(state[_SCUR_N])
+        his = [float(state[base : base + filled].max())] if filled else []
+        los = [float(state[base + ring_n : base + ring_n + filled].min())] if filled else []
+        if cur_n:
+            his.append(float(state[_SCUR_HI]))
+            los.append(float(state[_SCUR_LO]))
+        past_range = range_now = math.nan
+        if his:
+            hi, lo = max(his), min(los)
+            past_range = hi - lo if filled or cur_n >= 2 else math.nan
+            range_now = max(hi, v) - min(lo, v)
+        state[_SCUR_HI] = max(float(state[_SCUR_HI]), v) if cur_n else v
+        state[_SCUR_LO] = min(float(state[_SCUR_LO]), v) if cur_n else v
+        cur_n += 1
+        if cur_n == self.stride:  # the batch is complete: its max and min join the ring
+            if ring_n:
+                pos = int(state[_SPOS])
+                state[base + pos], state[base + ring_n + pos] = state[_SCUR_HI], state[_SCUR_LO]
+                state[_SPOS] = (pos + 1) % ring_n
+                state[_SFILLED] = min(filled + 1, ring_n)
+            cur_n = 0
+        state[_SCUR_N] = cur_n
+        return past_range, range_now
 
     def cause(self, state: Array, detected: bool) -> int:
         return int(state[_CAUSE]) if detected else 0
@@ -342,10 +422,11 @@ class CausalNdtRule(Rule):
         threshold = min(relative, self.or_margin * self.train_max) if self.or_margin > 0 else relative
         # the relative alarm must persist; the train-level one (a level never seen in training) fires at once
         state[_RUN] = state[_RUN] + 1 if m > relative else 0
+        past_range, range_now = self._scale(state, raw)
         bits = ((CAUSE_ERROR if state[_RUN] >= max(self.persist, 1) else 0)
                 | (CAUSE_TRAIN_LEVEL if self.or_margin > 0 and m > self.or_margin * self.train_max else 0)
-                | (CAUSE_VALUE_STEP if self._step_alarm(state, raw) else 0)
-                | (CAUSE_VALUE_QUIET if self._quiet_alarm(state, raw) else 0))
+                | (CAUSE_VALUE_STEP if self._step_alarm(state, raw, past_range) else 0)
+                | (CAUSE_VALUE_QUIET if self._quiet_alarm(state, raw, range_now) else 0))
         exceeded = bits != 0 and state[_SEEN] >= self.warmup
         state[_SEEN] += 1
         if exceeded:
@@ -382,6 +463,57 @@ def rolling_std(x: Array, w: int) -> Array:
     return out
 
 
+def past_range(x: Array, blocks: int, block: int, include_current: bool) -> Array:
+    """The value's range before each t (and with x[t] if include_current) over the batches of `block`
+    steps that CausalNdtRule's scale-free alarms see: t's own batch and the `blocks` - 1 before it, counted
+    from the sequence's start; nan where that holds fewer than two values.
+
+    >>> past_range(np.array([0.0, 4.0, 1.0, 2.0, 9.0]), 2, 2, include_current=False).tolist()
+    [nan, nan, 4.0, 4.0, 1.0]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    out = np.full(x.size, np.nan)
+    for t in range(x.size):
+        lo = max(0, (t // block - blocks + 1) * block)
+        seg = x[lo : t + 1] if include_current else x[lo:t]
+        if seg.size >= 2:
+            out[t] = float(seg.max() - seg.min())
+    return out
+
+
+def step_ratio(x: Array, blocks: int, block: int) -> Array:
+    """|x[t] - x[t-1]| over the value's range before t (`past_range`; the scale-free step alarm's measure):
+    inf for a step out of a flat stretch, nan where undefined (a sequence's first two steps).
+
+    >>> x = np.array([0.0, 1.0, 0.0, 3.0])
+    >>> step_ratio(x, 2, 2).tolist()
+    [nan, nan, 1.0, 3.0]
+    >>> step_ratio(5 * x - 2, 2, 2).tolist()  # the same in any units
+    [nan, nan, 1.0, 3.0]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    st = np.abs(np.diff(x, prepend=np.nan))
+    rng = past_range(x, blocks, block, include_current=False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r: Array = np.where(rng > 0, st / rng, np.where(st > 0, np.inf, 0.0))
+    r[np.isnan(rng) | np.isnan(st)] = np.nan
+    return r
+
+
+def quiet_ratio(x: Array, qw: int, blocks: int, block: int) -> Array:
+    """Rolling std of the last qw values over the value's range with the current one (`past_range`; the
+    scale-free quiet alarm's measure): 0 where that range is 0, nan until qw values are in."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.full(x.size, np.nan)
+    if x.size < qw:
+        return out
+    sd = rolling_std(x, qw)
+    rng = past_range(x, blocks, block, include_current=True)[qw - 1 :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[qw - 1 :] = np.where(rng > 0, sd / rng, 0.0)
+    return out
+
+
 def quiet_range(train_values: Array, w: int) -> tuple[float, float]:
     """(lowest, highest) rolling std over w steps of a train value. A lowest one at rounding-noise level (a
     value that was flat at times: the std of equal floats can come out as 1e-16 instead of 0) counts as 0,
@@ -398,9 +530,13 @@ def quiet_range(train_values: Array, w: int) -> tuple[float, float]:
 HYBRID_RULE = CausalNdtRule(cap_flagged=True, or_margin=2.0)
 STEP_RULE = replace(HYBRID_RULE, persist=30, step_factor=1.5)
 QUIET_RULE = replace(STEP_RULE, quiet_window=50, quiet_pad=0.25)
-#: The rule the deployed models use (chosen as the report's "How the deployed rule was chosen" says).
-DEPLOYED_RULE_NAME = "causal_ndt_latch"
-DEPLOYED_RULE = replace(QUIET_RULE, latch=1.0)
+LATCH_RULE = replace(QUIET_RULE, latch=1.0)
+#: The rule the deployed models use: the variant that leave-one-family-out selection picks with every
+#: family (smap_shared.evaluation.selection.GRID; the report's "How the deployed rule was chosen"): the
+#: latch rule with both raw-value alarms scale-free over 700 steps (10 of telemanom's 70-step batches), a
+#: step over 2 x the train split's largest step ratio and a quiet pad of 0.15.
+DEPLOYED_RULE_NAME = "causal_ndt_scale_free"
+DEPLOYED_RULE = replace(LATCH_RULE, scale_window=700, step_factor=2.0, quiet_pad=0.15)
 #: Parameters a rule's `fit` sets from the train split (the others are its settings).
 FITTED_RULE_FIELDS = frozenset({"train_max", "train_max_step", "train_quiet_min", "train_quiet_max", "initial",
                                 "threshold", "method"})

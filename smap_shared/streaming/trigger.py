@@ -59,6 +59,9 @@ class TaskPublisher(Protocol):
         """Blocking: a worker of one of `queues` is running a task, or a task waits in one (False when that
         cannot be told)."""
 
+    def close(self) -> None:
+        """Blocking: releases what the publisher holds (called once, on the trigger's executor, at the end)."""
+
 
 class CeleryPublisher:
     def __init__(self, app: Celery, flags: ShardBusy | None = None) -> None:
@@ -230,8 +233,7 @@ async def run_trigger(
     finally:
         await settle(consumer.stop(), "closing the consumer")
         await settle(producer.stop(), "closing the producer")
-        if isinstance(publisher, CeleryPublisher):
-            executor.submit(publisher.close)
+        executor.submit(publisher.close)
         executor.shutdown(wait=True)
         if own_app is not None:
             own_app.close()

@@ -254,3 +254,13 @@ def test_a_held_out_familys_labels_never_reach_its_choice(data: st.DataObject, f
     changed = {c: ({v: data.draw(COUNTS) for v in m} if c.startswith(target) else m) for c, m in per.items()}
     again = next(f for f in cross_validate(changed)[0] if f.held_out == target)
     assert again.selected == fold.selected
+
+
+def test_the_deployed_rule_is_one_of_the_variants_the_selection_chooses_among() -> None:
+    """The report's headline is the held-out score of choosing among GRID: the deployed rule must be a
+    candidate of that choice (and its raw-value alarms scale-free: a unit-bound one is not a candidate)."""
+    from smap_shared.evaluation.selection import GRID
+    from smap_shared.model.rules import DEPLOYED_RULE
+
+    assert DEPLOYED_RULE in GRID.values()
+    assert all(r.scale_window > 0 for r in GRID.values() if r.step_factor > 0 or r.quiet_window > 0)

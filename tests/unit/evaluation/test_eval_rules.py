@@ -233,6 +233,61 @@ def test_a_flat_train_value_at_rounding_noise_keeps_the_quiet_alarm_off() -> Non
     assert rule.train_quiet_min == 0.0 and rule.train_quiet_max == 0.0
 
 
+def _wavy(n: int, seed: int) -> Array:
+    """A raw value like a telemetry channel: an oscillation with level changes and noise (2 columns)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    raw = np.zeros((n, 2))
+    raw[:, 0] = np.sin(t / 5.0) + 0.5 * (t % 300 < 150) + 0.05 * rng.standard_normal(n)
+    return raw
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.5, 0.0), (2.0, 0.0), (3.0, -0.7), (0.01, 40.0)])
+def test_scale_free_raw_alarms_ignore_the_units_of_the_value(a: float, b: float) -> None:
+    """telemanom scaled each split by its own min/max and a live feed is not rescaled: with `scale_window`
+    the step and quiet alarms give the same alarms whatever the units of the train or the test value,
+    where the unit-bound form (train_max_step in train units) fires on steps of another scale."""
+    n = 1500
+    tr_s, tr_e = synthetic(n, 30)
+    te_s, te_e = synthetic(n, 31)
+    train_raw, test_raw = _wavy(n, 32), _wavy(n, 33)
+    test_raw[600, 0] += 6.0  # a spike, far beyond any step of training
+    test_raw[1000:1200, 0] = test_raw[1000, 0]  # stuck: quieter than ever in training
+    sf = CausalNdtRule(window=200, stride=10, buffer=5, hold=10, warmup=100, step_factor=1.5,
+                       quiet_window=50, quiet_pad=0.25, scale_window=300)
+    fitted = sf.fit(tr_s, tr_e, train_raw)
+    assert 0.0 < fitted.train_max_step < math.inf and 0.0 < fitted.train_quiet_min < fitted.train_quiet_max
+    out = fitted.run(te_s, te_e, raw=test_raw)
+    assert out.detected[600] and out.cause[600] & CAUSE_VALUE_STEP and not out.detected[590:600].any()
+    assert out.detected[1000:1050].any() and CAUSE_VALUE_QUIET in out.cause[1000:1060].tolist()
+    assert not out.detected[200:590].any()  # the train-like stretch is quiet
+    moved_test, moved_train = test_raw.copy(), train_raw.copy()
+    moved_test[:, 0] = a * test_raw[:, 0] + b
+    moved_train[:, 0] = 1.7 * train_raw[:, 0] - 0.2  # the train split in yet other units
+    for f in (fitted, sf.fit(tr_s, tr_e, moved_train)):
+        again = f.run(te_s, te_e, raw=moved_test)
+        np.testing.assert_array_equal(again.detected, out.detected)
+        np.testing.assert_array_equal(again.cause, out.cause)
+    assert streamed(fitted, te_s, te_e, moved_test) == out.detected.tolist()  # a stream agrees with the run
+    unit = replace(sf, scale_window=0).fit(tr_s, tr_e, train_raw)
+    base = unit.run(te_s, te_e, raw=test_raw).detected
+    assert not np.array_equal(unit.run(te_s, te_e, raw=moved_test).detected, base)  # units matter there
+
+
+def test_scale_free_step_alarm_is_off_where_training_stepped_out_of_a_flat_stretch() -> None:
+    n = 600
+    tr_s, tr_e = synthetic(n, 34)
+    te_s, te_e = synthetic(n, 35)
+    train_raw = np.zeros((n, 2))
+    train_raw[400:, 0] = 1.0  # flat, then a step: its ratio to the flat range before it is infinite
+    rule = CausalNdtRule(window=100, stride=10, buffer=5, hold=0, warmup=0, step_factor=1.5,
+                         scale_window=100).fit(tr_s, tr_e, train_raw)
+    assert rule.train_max_step == -1.0  # nothing can be larger: off
+    test_raw = np.zeros((n, 2))
+    test_raw[300:, 0] = 5.0
+    assert not rule.run(te_s, te_e, raw=test_raw).detected.any()
+
+
 def test_an_alarm_reports_every_cause_that_fired_since_it_began() -> None:
     n = 400
     tr_s, tr_e = synthetic(n, 24)
@@ -295,7 +350,7 @@ def test_older_rule_dicts_behave_as_before() -> None:
     fitted = SMALL.fit(tr_s, tr_e)
     old = {k: v for k, v in fitted.to_dict().items() if k not in (
         "persist", "step_factor", "train_max_step", "quiet_window", "quiet_pad", "train_quiet_min",
-        "train_quiet_max", "latch")}
+        "train_quiet_max", "latch", "scale_window")}
     again = rule_from_dict(json.loads(json.dumps(old)))
     assert again == fitted
     np.testing.assert_array_equal(again.run(te_s, te_e).detected, fitted.run(te_s, te_e).detected)

@@ -52,6 +52,9 @@ class FakePublisher:
         self.asked.append(list(queues))
         return any(self.queued.get(q, 0) > 0 for q in queues)
 
+    def close(self) -> None:
+        self.closed = True
+
     def streams(self) -> list[tuple[str, list[tuple[str, int]]]]:
         return [(q, [(f.stream_id, f.index) for f in b.frames]) for b, q in self.published]
 
