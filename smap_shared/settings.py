@@ -96,7 +96,10 @@ class TriggerSettings(_CelerySettings, _TelemetryCheckSettings):
     #: down must not keep its shard's frames here).
     trigger_hold_while_queued: bool = True
     trigger_hold_max_ms: int = Field(default=1000, ge=0, le=60_000)
-    kafka_fetch_max_wait_ms: int = 20  # Tansu holds every fetch this long: keep it low for latency
+    #: How this service reads Kafka: the broker answers a fetch once `kafka_fetch_min_bytes` wait, or after
+    #: `kafka_fetch_max_wait_ms`. On the latency path: answered as soon as data arrives.
+    kafka_fetch_max_wait_ms: int = 20  # on the latency path: short
+    kafka_fetch_min_bytes: int = Field(default=1, ge=1)
     metrics_port: int = 9302
 
 
@@ -122,7 +125,10 @@ class ConsumerSettings(_Settings):
     #: Part of every frame's latency. 10 ms: each import is awaited, so while one is in flight the next batch
     #: gathers in Kafka by itself; a longer linger only adds latency (50 -> 10 ms, benchmarks.md 2026-12-04).
     consumer_flush_interval_s: float = Field(default=0.01, gt=0)
-    kafka_fetch_max_wait_ms: int = 20
+    #: How this service reads Kafka: the broker answers a fetch once `kafka_fetch_min_bytes` wait, or after
+    #: `kafka_fetch_max_wait_ms`. On the latency path: answered as soon as data arrives.
+    kafka_fetch_max_wait_ms: int = 20  # on the latency path (frame -> VictoriaMetrics): short
+    kafka_fetch_min_bytes: int = Field(default=1, ge=1)
     metrics_port: int = 9304
 
 
@@ -148,7 +154,12 @@ class OperationServerSettings(_AuthSettings, _TelemetryCheckSettings):
     #: The alert manager's API, proxied under /api/smap/alerts so the page talks to one origin.
     alert_manager_url: str = "http://localhost:8002"
     alerts_topic: str = "smap-alerts"
-    kafka_fetch_max_wait_ms: int = 20
+    #: How this service reads Kafka: the broker answers a fetch once `kafka_fetch_min_bytes` wait, or after
+    #: `kafka_fetch_max_wait_ms`. With min_bytes 1 a busy topic is fetched as fast as the loop turns (~170
+    #: fetches a second at 1,000 frames/s, each a pass of the handler); off the latency path 1 MiB makes the
+    #: wait the pace (benchmarks.md, 2026-12-06).
+    kafka_fetch_max_wait_ms: int = 100  # the live stream to browsers: 10 updates a second are plenty
+    kafka_fetch_min_bytes: int = Field(default=1 << 20, ge=1)
     smap_data_dir: Path | None = None  # the sensor count of each entity comes from its data
     operation_web_dir: Path | None = None  # None: smap-operation-server/web (checkout or image)
     metrics_port: int = 9305
@@ -189,5 +200,10 @@ class AlertManagerSettings(_AuthSettings):
     #: A firing whose frame is older than this (wall clock) is recorded but not notified: a new database reads
     #: the results topic from its start, and a week of retained results must not page anyone. 0 disables.
     alert_notify_max_age_s: float = Field(default=3600.0, ge=0)
-    kafka_fetch_max_wait_ms: int = 20
+    #: How this service reads Kafka: the broker answers a fetch once `kafka_fetch_min_bytes` wait, or after
+    #: `kafka_fetch_max_wait_ms`. With min_bytes 1 a busy topic is fetched as fast as the loop turns (~170
+    #: fetches a second at 1,000 frames/s, each a pass of the handler); off the latency path 1 MiB makes the
+    #: wait the pace (benchmarks.md, 2026-12-06).
+    kafka_fetch_max_wait_ms: int = 200  # each fetched batch is one PostgreSQL transaction: 5 a second
+    kafka_fetch_min_bytes: int = Field(default=1 << 20, ge=1)
     metrics_port: int = 9306

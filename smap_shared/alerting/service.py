@@ -270,7 +270,7 @@ class AlertConsumer:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers, group_id=s.alert_group_id, client_id=SERVICE,
             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
-            max_poll_records=s.alert_batch_max)
+            fetch_min_bytes=s.kafka_fetch_min_bytes, max_poll_records=s.alert_batch_max)
         consumer.subscribe([s.results_topic], listener=SeekToStoredOffsets(
             consumer, self.store, s.alert_group_id, s.results_topic, self.assigned, s.kafka_bootstrap_servers))
         try:

@@ -252,7 +252,7 @@ async def run_feed(settings: OperationServerSettings, hub: Hub, stop: asyncio.Ev
         consumer = AIOKafkaConsumer(
             *topics, bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
             client_id="smap-operation-server", enable_auto_commit=False, auto_offset_reset="latest",
-            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, fetch_min_bytes=settings.kafka_fetch_min_bytes,
             metadata_max_age_ms=30_000,  # pick up the alerts topic soon after it is created
         )
         try:

@@ -280,7 +280,7 @@ async def run_consumer(
     consumer = make_consumer(
         settings.results_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group_id, client_id=SERVICE,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, fetch_min_bytes=settings.kafka_fetch_min_bytes,
         max_poll_records=settings.consumer_batch_max,
     )
     producer = await start_producer(settings.kafka_bootstrap_servers, client_id=SERVICE)

@@ -66,14 +66,14 @@ async def start_producer(
 
 def make_consumer(
     topic: str, *, bootstrap_servers: str, group_id: str, client_id: str, fetch_max_wait_ms: int,
-    max_poll_records: int = 500,
+    max_poll_records: int = 500, fetch_min_bytes: int = 1,
 ) -> AIOKafkaConsumer:
     """A consumer-group member that commits by hand (after the message's effect is durable elsewhere)
     and starts from the earliest offset when its group has none committed."""
     return AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap_servers, group_id=group_id, client_id=client_id,
         enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=fetch_max_wait_ms,
-        max_poll_records=max_poll_records,
+        fetch_min_bytes=fetch_min_bytes, max_poll_records=max_poll_records,
     )
 
 

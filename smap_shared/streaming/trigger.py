@@ -212,7 +212,8 @@ async def run_trigger(
     consumer = make_consumer(
         settings.telemetry_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.trigger_group_id, client_id=SERVICE,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, max_poll_records=settings.trigger_batch_max,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, fetch_min_bytes=settings.kafka_fetch_min_bytes,
+        max_poll_records=settings.trigger_batch_max,
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-publish")
     producer = await start_producer(settings.kafka_bootstrap_servers, client_id=SERVICE)
