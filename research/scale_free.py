@@ -48,20 +48,25 @@ from research.explore_rules import (
 )
 from smap_shared.evaluation.metrics import ChannelMetrics, aggregate, count_metrics
 from smap_shared.evaluation.selection import cross_validate
-from smap_shared.model.rules import quiet_ratio, step_ratio
+from smap_shared.model.rules import CausalNdtRule, quiet_ratio, step_ratio
 
 Array = npt.NDArray[np.float64]
 STRIDE = 70  # CausalNdtRule's batch (telemanom's): the scale-free range spans whole batches
 BoolArray = npt.NDArray[np.bool_]
 
 
-def ex_step_sf(c: Ch, factor: float, w: int, test_x: Array | None = None) -> BoolArray:
+def blocks(w: int) -> int:
+    """The whole batches a scale window of w steps spans (as CausalNdtRule.scale_blocks counts them)."""
+    return CausalNdtRule(stride=STRIDE, scale_window=w).scale_blocks
+
+
+def ex_step_sf(c: Ch, factor: float, w: int) -> BoolArray:
     """Scale-free step: its ratio above `factor` x the train split's largest ratio (after the warm-up);
     no alarm when the train split already stepped out of a flat window (ratio inf)."""
-    tr = step_ratio(c.train_x, -(-w // STRIDE), STRIDE)[WARMUP:]
+    tr = step_ratio(c.train_x, blocks(w), STRIDE)[WARMUP:]
     tr = tr[~np.isnan(tr)]
     mx = float(tr.max()) if tr.size else 0.0
-    te = step_ratio(c.test_x if test_x is None else test_x, -(-w // STRIDE), STRIDE)
+    te = step_ratio(c.test_x, blocks(w), STRIDE)
     if not np.isfinite(mx):
         return np.zeros(te.size, dtype=bool)
     with np.errstate(invalid="ignore"):
@@ -69,11 +74,11 @@ def ex_step_sf(c: Ch, factor: float, w: int, test_x: Array | None = None) -> Boo
     return out
 
 
-def ex_quiet_sf(c: Ch, qw: int, pad: float, w: int, test_x: Array | None = None) -> BoolArray:
+def ex_quiet_sf(c: Ch, qw: int, pad: float, w: int) -> BoolArray:
     """Scale-free quiet: the quiet ratio below the train split's lowest one minus pad x its train range."""
-    tr = quiet_ratio(c.train_x, qw, -(-w // STRIDE), STRIDE)[max(WARMUP, qw - 1):]
+    tr = quiet_ratio(c.train_x, qw, blocks(w), STRIDE)[max(WARMUP, qw - 1):]
     tr = tr[~np.isnan(tr)]
-    te = quiet_ratio(c.test_x if test_x is None else test_x, qw, -(-w // STRIDE), STRIDE)
+    te = quiet_ratio(c.test_x, qw, blocks(w), STRIDE)
     if tr.size == 0:
         return np.zeros(te.size, dtype=bool)
     lo, hi = float(tr.min()), float(tr.max())
@@ -106,20 +111,12 @@ def rescaled(c: Ch, a: float, b: float) -> Ch:
     return Ch(c.name, d)
 
 
-def _unit_step(c: Ch, f: float) -> BoolArray:
-    return ex_step(c, f)
-
-
-def _unit_quiet(c: Ch, w: int, pad: float) -> BoolArray:
-    return ex_quiet(c, w, pad)
-
-
 def variants() -> dict[str, Callable[[Ch], BoolArray]]:
     P = partial
     out: dict[str, Callable[[Ch], BoolArray]] = {
         "model alarms only (+latch)": P(rule, step=None, quiet=None),
-        "deployed: unit step 1.5 + unit quiet 50/0.25": P(rule, step=P(_unit_step, f=1.5),
-                                                          quiet=P(_unit_quiet, w=50, pad=0.25)),
+        "deployed: unit step 1.5 + unit quiet 50/0.25": P(rule, step=P(ex_step, factor=1.5),
+                                                          quiet=P(ex_quiet, w=50, pad=0.25)),
     }
     for w in (250, 700, 2100):
         for f in (1.0, 1.25, 1.5, 2.0):
@@ -138,8 +135,8 @@ def evaluate(rules: Mapping[str, Callable[[Ch], BoolArray]], chans: list[Ch]
 def sweep(chans: list[Ch]) -> None:
     """How each form of the raw-value alarms moves when the test split's units change (a * x + b)."""
     forms: dict[str, Callable[[Ch], BoolArray]] = {
-        "unit step 1.5 + unit quiet (causal_ndt_latch)": partial(rule, step=partial(_unit_step, f=1.5),
-                                                         quiet=partial(_unit_quiet, w=50, pad=0.25)),
+        "unit step 1.5 + unit quiet (causal_ndt_latch)": partial(rule, step=partial(ex_step, factor=1.5),
+                                                         quiet=partial(ex_quiet, w=50, pad=0.25)),
         "sf step 2 + sf quiet 0.15, w=700 (deployed now)": partial(
             rule, step=partial(ex_step_sf, factor=2.0, w=700), quiet=partial(ex_quiet_sf, qw=50, pad=0.15, w=700)),
     }

@@ -25,6 +25,23 @@ class _Settings(BaseSettings):
     smap_bind_address: str = "127.0.0.1"
 
 
+#: A reader off the latency path asks for this much per fetch, so its fetch wait, not each arriving record,
+#: sets how often it handles a batch.
+OFF_PATH_FETCH_MIN_BYTES = 1 << 20
+
+
+class _KafkaReaderSettings(_Settings):
+    """How a service reads Kafka: the broker answers a fetch once `kafka_fetch_min_bytes` wait, or after
+    `kafka_fetch_max_wait_ms`. The defaults suit the latency path (trigger, consumer): answered as soon as
+    data arrives, and an idle poll held 20 ms (Tansu holds every idle fetch that long). With min_bytes 1 a
+    busy topic is fetched as fast as the loop turns (~170 fetches a second at 1,000 frames/s, each a pass of
+    the handler); readers off the latency path override both, so that the wait sets their pace
+    (benchmarks.md, 2026-12-06)."""
+
+    kafka_fetch_max_wait_ms: int = 20
+    kafka_fetch_min_bytes: int = Field(default=1, ge=1)
+
+
 class _CelerySettings(_Settings):
     celery_broker_url: str = "amqp://guest:guest@localhost:5672//"
     celery_result_backend: str = "redis://localhost:6379/1"
@@ -77,7 +94,7 @@ class _TelemetryCheckSettings(_Settings):
     trigger_plausible_spans: float = Field(default=10.0, ge=0)
 
 
-class TriggerSettings(_CelerySettings, _TelemetryCheckSettings):
+class TriggerSettings(_CelerySettings, _TelemetryCheckSettings, _KafkaReaderSettings):
     trigger_group_id: str = "smap-inference-trigger"
     #: Micro-batches: one Celery task per shard carries at most this many frames, published when it is full
     #: or when its oldest frame has waited trigger_linger_ms, whichever comes first. Under light load the
@@ -96,10 +113,6 @@ class TriggerSettings(_CelerySettings, _TelemetryCheckSettings):
     #: down must not keep its shard's frames here).
     trigger_hold_while_queued: bool = True
     trigger_hold_max_ms: int = Field(default=1000, ge=0, le=60_000)
-    #: How this service reads Kafka: the broker answers a fetch once `kafka_fetch_min_bytes` wait, or after
-    #: `kafka_fetch_max_wait_ms`. On the latency path: answered as soon as data arrives.
-    kafka_fetch_max_wait_ms: int = 20  # on the latency path: short
-    kafka_fetch_min_bytes: int = Field(default=1, ge=1)
     metrics_port: int = 9302
 
 
@@ -118,17 +131,13 @@ class WorkerSettings(_CelerySettings):
     metrics_port: int = 9310  # shard k serves on metrics_port + k
 
 
-class ConsumerSettings(_Settings):
+class ConsumerSettings(_KafkaReaderSettings):
     consumer_group_id: str = "smap-victoria-consumer"
     victoria_url: str = "http://localhost:8428"
     consumer_batch_max: int = Field(default=500, ge=1)
     #: Part of every frame's latency. 10 ms: each import is awaited, so while one is in flight the next batch
     #: gathers in Kafka by itself; a longer linger only adds latency (50 -> 10 ms, benchmarks.md 2026-12-04).
     consumer_flush_interval_s: float = Field(default=0.01, gt=0)
-    #: How this service reads Kafka: the broker answers a fetch once `kafka_fetch_min_bytes` wait, or after
-    #: `kafka_fetch_max_wait_ms`. On the latency path: answered as soon as data arrives.
-    kafka_fetch_max_wait_ms: int = 20  # on the latency path (frame -> VictoriaMetrics): short
-    kafka_fetch_min_bytes: int = Field(default=1, ge=1)
     metrics_port: int = 9304
 
 
@@ -144,7 +153,7 @@ class TritonSettings(_Settings):
     triton_instance_kind: str = "auto"
 
 
-class OperationServerSettings(_AuthSettings, _TelemetryCheckSettings):
+class OperationServerSettings(_AuthSettings, _TelemetryCheckSettings, _KafkaReaderSettings):
     """smap-operation-server: REST API over VictoriaMetrics, WebSocket live stream, the dashboard page."""
 
     operation_host: str | None = None  # None: smap_bind_address
@@ -154,12 +163,8 @@ class OperationServerSettings(_AuthSettings, _TelemetryCheckSettings):
     #: The alert manager's API, proxied under /api/smap/alerts so the page talks to one origin.
     alert_manager_url: str = "http://localhost:8002"
     alerts_topic: str = "smap-alerts"
-    #: How this service reads Kafka: the broker answers a fetch once `kafka_fetch_min_bytes` wait, or after
-    #: `kafka_fetch_max_wait_ms`. With min_bytes 1 a busy topic is fetched as fast as the loop turns (~170
-    #: fetches a second at 1,000 frames/s, each a pass of the handler); off the latency path 1 MiB makes the
-    #: wait the pace (benchmarks.md, 2026-12-06).
     kafka_fetch_max_wait_ms: int = 100  # the live stream to browsers: 10 updates a second are plenty
-    kafka_fetch_min_bytes: int = Field(default=1 << 20, ge=1)
+    kafka_fetch_min_bytes: int = Field(default=OFF_PATH_FETCH_MIN_BYTES, ge=1)
     smap_data_dir: Path | None = None  # the sensor count of each entity comes from its data
     operation_web_dir: Path | None = None  # None: smap-operation-server/web (checkout or image)
     metrics_port: int = 9305
@@ -169,7 +174,7 @@ class OperationServerSettings(_AuthSettings, _TelemetryCheckSettings):
     ws_queue_max: int = Field(default=2048, ge=1, le=1_000_000)
 
 
-class AlertManagerSettings(_AuthSettings):
+class AlertManagerSettings(_AuthSettings, _KafkaReaderSettings):
     """smap-alert-manager: rules over the results topic, alert history in PostgreSQL, notifications."""
 
     alert_group_id: str = "smap-alert-manager"
@@ -200,10 +205,6 @@ class AlertManagerSettings(_AuthSettings):
     #: A firing whose frame is older than this (wall clock) is recorded but not notified: a new database reads
     #: the results topic from its start, and a week of retained results must not page anyone. 0 disables.
     alert_notify_max_age_s: float = Field(default=3600.0, ge=0)
-    #: How this service reads Kafka: the broker answers a fetch once `kafka_fetch_min_bytes` wait, or after
-    #: `kafka_fetch_max_wait_ms`. With min_bytes 1 a busy topic is fetched as fast as the loop turns (~170
-    #: fetches a second at 1,000 frames/s, each a pass of the handler); off the latency path 1 MiB makes the
-    #: wait the pace (benchmarks.md, 2026-12-06).
     kafka_fetch_max_wait_ms: int = 200  # each fetched batch is one PostgreSQL transaction: 5 a second
-    kafka_fetch_min_bytes: int = Field(default=1 << 20, ge=1)
+    kafka_fetch_min_bytes: int = Field(default=OFF_PATH_FETCH_MIN_BYTES, ge=1)
     metrics_port: int = 9306

@@ -38,6 +38,7 @@ class FakePublisher:
         self.threads: set[str] = set()
         self.queued: dict[str, int] = {}  # queue -> tasks running or waiting there
         self.asked: list[list[str]] = []
+        self.closed = False
 
     def publish(self, batch: InferenceBatch, queue: str) -> None:
         self.attempts.append(queue)
