@@ -29,7 +29,7 @@ from kombu.connection import Connection
 
 from smap_shared.data import DataSource, default_source
 from smap_shared.fleet import Fleet, load_fleet
-from smap_shared.routing import BATCH_TASK_NAME, queue_name, shard_of
+from smap_shared.routing import BATCH_TASK_NAME, ShardMap, queue_name
 from smap_shared.schemas import InferenceBatch, InferenceTask
 from smap_shared.settings import TriggerSettings
 from smap_shared.streaming.app import lag_gauge, run_batches
@@ -122,6 +122,7 @@ class TelemetrySink:
         self.settings = settings
         self.ranges = ranges
         self.fleet = fleet
+        self.shards = ShardMap(fleet.deployed, settings.inference_shards)
         self.widths = widths
         self.publisher = publisher
         self.producer = producer
@@ -144,7 +145,7 @@ class TelemetrySink:
             self.letters.append((record.key, letter.model_dump_json().encode(), checked.kind))
             return True
         task = InferenceTask.from_telemetry(checked)
-        self.pending.setdefault(shard_of(task.stream_id, self.settings.inference_shards), []).append(task)
+        self.pending.setdefault(self.shards.shard(task.satellite_id, task.entity), []).append(task)
         return True
 
     async def queued_ahead(self) -> bool:

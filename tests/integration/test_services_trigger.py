@@ -22,7 +22,7 @@ from kafka_io import committed_and_end, produce, read_topic
 from kombu.connection import Connection
 
 from smap_shared.fleet import load_fleet
-from smap_shared.routing import BATCH_TASK_NAME, queue_for, queue_name
+from smap_shared.routing import BATCH_TASK_NAME, ShardMap, queue_name
 from smap_shared.schemas import DeadLetter, InferenceBatch, InferenceTask, TelemetryMessage, sensor_keys, utc_now
 from smap_shared.settings import TriggerSettings
 from smap_shared.streaming.celery_app import ShardBusy, make_celery_app, shard_queues
@@ -35,6 +35,12 @@ pytestmark = pytest.mark.integration
 SHARDS = 3
 BATCH_MAX = 5
 FRAMES = 6  # per stream
+ROUTES = ShardMap(load_fleet(None).deployed, SHARDS)
+
+
+def queue_for(stream_id: str) -> str:
+    satellite_id, _, entity = stream_id.partition("/")
+    return ROUTES.queue(satellite_id, entity)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +184,7 @@ def test_trigger_batches_valid_frames_per_shard_and_dead_letters_invalid_ones(
         trigger_batch_max=BATCH_MAX, trigger_linger_ms=50,
     )
     streams = load_fleet(None).streams()  # every stream of the fleet: all three shards get some
-    assert {queue_for(f"{s}/{e}", SHARDS) for s, e in streams} == {queue_name(k) for k in range(SHARDS)}
+    assert {queue_for(f"{s}/{e}") for s, e in streams} == {queue_name(k) for k in range(SHARDS)}
     frames = {(s, e, i): _frame(s, e, i) for i in range(FRAMES) for s, e in streams}
     valid = [(f"{s}/{e}".encode(), json.dumps(f).encode()) for (s, e, _), f in frames.items()]
     nan_frame = json.dumps(_frame("SAT-001", "A-1", 99)).replace('"sensor_1": 99.01', '"sensor_1": NaN')
@@ -231,7 +237,7 @@ def test_trigger_batches_valid_frames_per_shard_and_dead_letters_invalid_ones(
     # micro-batches: at most BATCH_MAX frames each, several frames in some, every frame on its stream's shard
     assert all(1 <= len(b.frames) <= BATCH_MAX for _, b in batches)
     assert max(len(b.frames) for _, b in batches) > 1
-    assert all(queue == queue_for(f.stream_id, SHARDS) for queue, b in batches for f in b.frames)
+    assert all(queue == queue_for(f.stream_id) for queue, b in batches for f in b.frames)
     seen: dict[str, list[int]] = {}
     for _, batch in batches:
         for task in batch.frames:
@@ -283,5 +289,5 @@ def test_trigger_commits_nothing_while_rabbitmq_is_unreachable(broker_url: str, 
     queues = _drain_queues(broker_url)
     assert sum(len(batches) for batches in queues.values()) == stats.tasks
     for stream in ("SAT-001/A-1", "SAT-002/D-1"):
-        queued = [f.index for b in queues[queue_for(stream, SHARDS)] for f in b.frames if f.stream_id == stream]
+        queued = [f.index for b in queues[queue_for(stream)] for f in b.frames if f.stream_id == stream]
         assert queued == [0, 1, 2]  # in order, once each

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from smap_shared.fleet import Fleet
-from smap_shared.routing import queue_for, queue_name, shard_of
+from smap_shared.fleet import Fleet, default_fleet
+from smap_shared.routing import ShardMap, queue_name
 from smap_shared.schemas import DeadLetter, InferenceBatch
 from smap_shared.settings import TriggerSettings
 from smap_shared.streaming.metrics import trigger_metrics
@@ -24,6 +24,16 @@ from smap_shared.streaming.trigger import TelemetrySink
 
 SHARDS = 4
 TP = TopicPartition("telemetry", 3)
+ROUTES = ShardMap(default_fleet().deployed, SHARDS)
+
+
+def shard_of(stream_id: str) -> int:
+    satellite_id, _, entity = stream_id.partition("/")
+    return ROUTES.shard(satellite_id, entity)
+
+
+def queue_for(stream_id: str) -> str:
+    return queue_name(shard_of(stream_id))
 
 
 class FakePublisher:
@@ -84,14 +94,14 @@ async def _add_all(sink: TelemetrySink, records: Records) -> list[bool]:
     return [await sink.add(TP, r) for r in records]
 
 
-#: Streams of 4 shards (SHARDS = 4): A-1 and A-3 share shard 1.
-STREAMS = [("SAT-001", "A-1"), ("SAT-002", "D-2"), ("SAT-001", "A-3"), ("SAT-002", "D-1"), ("SAT-003", "G-1")]
+#: Streams of 4 shards (SHARDS = 4; routing by model, in the fleet's deployed order): D-1 and G-1 share shard 1.
+STREAMS = [("SAT-001", "A-1"), ("SAT-002", "D-1"), ("SAT-001", "A-3"), ("SAT-003", "G-1"), ("SAT-003", "P-2")]
 
 
 def test_the_streams_cover_every_shard() -> None:
-    shards = [shard_of(f"{s}/{e}", SHARDS) for s, e in STREAMS]
+    shards = [shard_of(f"{s}/{e}") for s, e in STREAMS]
     assert sorted(set(shards)) == [0, 1, 2, 3]
-    assert shards[0] == shards[2]  # two streams in one shard's batch
+    assert shards[1] == shards[3] == 1  # two streams in one shard's batch
 
 
 def test_one_batch_per_shard_with_each_streams_frames_in_order(
@@ -116,14 +126,14 @@ def test_one_batch_per_shard_with_each_streams_frames_in_order(
     expected = []
     for shard in range(SHARDS):  # published in shard order
         mine = [(f"{f['satellite_id']}/{f['entity']}", f["index"]) for f in frames
-                if shard_of(f"{f['satellite_id']}/{f['entity']}", SHARDS) == shard]
+                if shard_of(f"{f['satellite_id']}/{f['entity']}") == shard]
         expected.append((queue_name(shard), mine))
     assert publisher.streams() == expected
     assert publisher.streams()[1] == ("smap-inference-shard-1", [
-        ("SAT-001/A-1", 0), ("SAT-001/A-3", 0), ("SAT-001/A-1", 1), ("SAT-001/A-3", 1), ("SAT-001/A-1", 2),
-        ("SAT-001/A-3", 2)])
+        ("SAT-002/D-1", 0), ("SAT-003/G-1", 0), ("SAT-002/D-1", 1), ("SAT-003/G-1", 1), ("SAT-002/D-1", 2),
+        ("SAT-003/G-1", 2)])
     for batch, queue in publisher.published:
-        assert all(queue_for(f.stream_id, SHARDS) == queue for f in batch.frames)
+        assert all(queue_for(f.stream_id) == queue for f in batch.frames)
     task = publisher.published[0][0].frames[0]
     assert task.sensor_values == [float(i) / 10 for i in range(25)]
     assert task.ground_truth_labels == frames[0]["ground_truth_labels"]
@@ -149,7 +159,7 @@ def test_a_flush_publishes_only_what_was_added_since_the_last_one(
         assert await sink.flush()
 
     _run(fleet, widths, publisher, fake_producer(), scenario)
-    queue = queue_for("SAT-001/A-1", SHARDS)
+    queue = queue_for("SAT-001/A-1")
     assert publisher.streams() == [(queue, [("SAT-001/A-1", 0)]), (queue, [("SAT-001/A-1", 1)])]
 
 
@@ -157,7 +167,7 @@ def test_publisher_failures_are_retried_in_place(
     frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
     fake_producer: Callable[..., Any],
 ) -> None:
-    shard1 = queue_for("SAT-001/A-1", SHARDS)
+    shard1 = queue_for("SAT-002/D-1")
     publisher = FakePublisher(failures=2, failing_queues={shard1})
     retries = trigger_metrics().publish_retries._value.get()
     frames = [frame(satellite_id=s, entity=e, index=i) for i in range(2) for s, e in STREAMS]
@@ -198,7 +208,7 @@ def test_dead_letters_are_sent_at_flush(
 
     sink = _run(fleet, widths, publisher, producer, scenario)
     assert producer.calls == 4  # one failure retried in place
-    assert publisher.streams() == [(queue_for("SAT-001/A-1", SHARDS), [("SAT-001/A-1", 5)])]
+    assert publisher.streams() == [(queue_for("SAT-001/A-1"), [("SAT-001/A-1", 5)])]
     assert [(topic, key) for topic, _, key in producer.sent] == [
         ("dlq", b"SAT-001/A-1"), ("dlq", None), ("dlq", b"SAT-001/A-1")]
     letters = [DeadLetter.model_validate_json(v or b"") for _, v, _ in producer.sent]
@@ -220,7 +230,7 @@ def test_stop_while_the_broker_is_down_keeps_the_batch_pending(
     frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
     fake_producer: Callable[..., Any],
 ) -> None:
-    failing = queue_for("SAT-001/A-1", SHARDS)  # shard 1
+    failing = queue_for("SAT-002/D-1")  # shard 1
     publisher = FakePublisher(failures=10**6, failing_queues={failing})
     producer = fake_producer()
     frames = [frame(satellite_id=s, entity=e, index=i) for i in range(2) for s, e in STREAMS]
@@ -299,7 +309,7 @@ def test_queued_ahead_asks_only_the_queues_of_shards_with_pending_frames(
     publisher, producer = FakePublisher(), fake_producer()
     a1 = record(json.dumps(frame(satellite_id="SAT-001", entity="A-1", index=0)).encode(),
                 topic=TP.topic, partition=TP.partition, offset=0)
-    shard = shard_of("SAT-001/A-1", SHARDS)
+    shard = shard_of("SAT-001/A-1")
     others = [queue_name(k) for k in range(SHARDS) if k != shard]
 
     async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> list[bool]:
