@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from smap_shared.evaluation.metrics import ChannelMetrics, aggregate, count_metrics
 from smap_shared.evaluation.selection import cross_validate
+from smap_shared.evaluation.vectorised import hold, onset, persist
 
 Array = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -90,27 +91,6 @@ def load_all() -> list[Ch]:
 
 WARMUP = 250
 HOLD = 100
-
-
-def hold(exceed: BoolArray, h: int = HOLD) -> BoolArray:
-    """Flags t..t+h after every exceedance (CausalNdtRule's hold)."""
-    c = np.concatenate(([0], np.cumsum(exceed.astype(np.int64))))
-    n = exceed.size
-    idx = np.arange(n)
-    lo = np.maximum(idx - h, 0)
-    out: BoolArray = (c[idx + 1] - c[lo]) > 0
-    return out
-
-
-def persist(exceed: BoolArray, k: int) -> BoolArray:
-    """True where the last k steps all exceeded (causal debounce)."""
-    if k <= 1:
-        return exceed
-    c = np.concatenate(([0], np.cumsum(exceed.astype(np.int64))))
-    idx = np.arange(exceed.size)
-    lo = np.maximum(idx + 1 - k, 0)
-    out: BoolArray = (c[idx + 1] - c[lo]) >= k
-    return out
 
 
 def ewma(x: Array, alpha: float, start: float) -> Array:
@@ -232,13 +212,6 @@ def ex_quiet(c: Ch, w: int, pad: float) -> BoolArray:
     if c.test_x.size >= w:
         out[w - 1 :] = rolling_std(c.test_x, w) < lo - pad * (hi - lo)
     return out
-
-
-def onset(e: BoolArray) -> BoolArray:
-    """Rising edges only (one alarm per entry into the condition)."""
-    r = e.copy()
-    r[1:] &= ~e[:-1]
-    return r
 
 
 def finish(c: Ch, exceed: BoolArray, h: int = HOLD, k: int = 1) -> BoolArray:

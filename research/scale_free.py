@@ -43,11 +43,10 @@ from research.explore_rules import (
     fmt,
     latched,
     load_all,
-    onset,
-    persist,
 )
 from smap_shared.evaluation.metrics import ChannelMetrics, aggregate, count_metrics
 from smap_shared.evaluation.selection import cross_validate
+from smap_shared.evaluation.vectorised import onset, persist
 from smap_shared.model.rules import CausalNdtRule, quiet_ratio, step_ratio
 
 Array = npt.NDArray[np.float64]

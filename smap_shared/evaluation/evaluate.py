@@ -34,11 +34,13 @@ from smap_shared.evaluation.metrics import (
     aggregate,
     cause_tally,
     channel_metrics,
+    count_metrics,
 )
 from smap_shared.evaluation.plots import RuleTrace, plot_channel
 from smap_shared.evaluation.report import PUBLISHED, render_markdown
 from smap_shared.evaluation.scoring import score_channel
 from smap_shared.evaluation.selection import GRID, oracle_counts, selection_report
+from smap_shared.evaluation.vectorised import grid_detections
 from smap_shared.model.rules import (
     ALARM_CAUSES,
     DEPLOYED_RULE_NAME,
@@ -116,11 +118,13 @@ def evaluate_channel(
     grid: dict[str, ChannelMetrics] | None = None
     oracle: tuple[Counts, Counts] | None = None
     if selection:
-        grid = {}
-        for name, rule in GRID.items():
-            out = rule.fit(sc.train.score, sc.train.sensor_error, data.train).run(
-                sc.test.score, sc.test.sensor_error, raw=data.test)
-            grid[name] = channel_metrics(out.detected, out.signal, sc.segments)
+        detected = grid_detections(GRID, sc.train.score, sc.train.sensor_error, data.train, sc.test.score,
+                                   sc.test.sensor_error, data.test)
+        deployed_variant = next((k for k, v in GRID.items() if v == DEPLOYED), None)
+        if deployed_variant is not None and not np.array_equal(detected[deployed_variant],
+                                                               traces[DEPLOYED_RULE].detected):
+            raise AssertionError(f"{channel}: the vectorised grid disagrees with the deployed rule's own run")
+        grid = {name: count_metrics(det, sc.segments) for name, det in detected.items()}  # what selection reads
         dep = RULES[DEPLOYED_RULE]
         skip = dep.warmup if isinstance(dep, CausalNdtRule) else 0
         oracle = oracle_counts(traces[DEPLOYED_RULE].signal, sc.segments, skip)

@@ -139,7 +139,7 @@ def selection_report(
         "protocol": "leave-one-family-out: each channel family scored with the variant chosen on the others",
         "folds": [{"held_out": f.held_out, "select_on": f.select_on, "evaluate_on": f.evaluate_on,
                    "selected": f.selected} for f in folds],
-        "cross_validated": held.as_dict(),
+        "cross_validated": {"event": held.event.as_dict(), "point": held.point.as_dict()},
         "oracle_static_threshold": {
             "note": "per channel, chosen WITH the test labels: an upper bound, not a result",
             "event": sum_counts(o[0] for o in oracle.values()).as_dict(),

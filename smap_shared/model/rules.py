@@ -196,6 +196,8 @@ class CausalNdtRule(Rule):
     step_factor: float = 0.0  # > 0: also alarm on a raw value step > step_factor x the largest train step
     quiet_window: int = 0  # > 0: also alarm when the raw value's rolling std (this many steps) is below
     quiet_pad: float = 0.25  # ... the train minimum of it minus quiet_pad x the train range of it
+    quiet_deadband: bool = False  # a quiet spell lasts until the std is back at the train minimum, not just
+    # above the level that raised it (an alarm deadband: a value hovering at the level raises one alarm)
     latch: float = 0.0  # > 0: an alarm stays up past its hold while the signal > latch x the threshold it began at
     scale_window: int = 0  # > 0: step and rolling std relative to the value's range over about this many
     # steps (whole batches of `stride`: the current one and ceil(scale_window / stride) - 1 before it)
@@ -360,10 +362,13 @@ class CausalNdtRule(Rule):
         state[base + pos] = float(raw[self.value_column])
         state[_QPOS] = (pos + 1) % w
         state[_QFILLED] = min(state[_QFILLED] + 1, w)
-        sd = float(np.std(state[base : base + w])) if state[_QFILLED] >= w else math.inf
+        # nothing is quieter than a level <= 0 (a std is >= 0): the std is not even computed then
+        sd = float(np.std(state[base : base + w])) if state[_QFILLED] >= w and level > 0 else math.inf
         if self.scale_window > 0 and sd < math.inf:
             sd = sd / range_now if range_now > 0 else 0.0
-        quiet = sd < level
+        # with the deadband, a spell in force ends only back at the train minimum (ISA-18.2's deadband against
+        # chattering: a value hovering about the level would raise a new alarm at every dip below it)
+        quiet = sd < (self.train_quiet_min if self.quiet_deadband and state[_QON] else level)
         entered = quiet and state[_QON] == 0
         state[_QON] = 1.0 if quiet else 0.0
         return entered
@@ -466,18 +471,43 @@ def rolling_std(x: Array, w: int) -> Array:
 def past_range(x: Array, blocks: int, block: int, include_current: bool) -> Array:
     """The value's range before each t (and with x[t] if include_current) over the batches of `block`
     steps that CausalNdtRule's scale-free alarms see: t's own batch and the `blocks` - 1 before it, counted
-    from the sequence's start; nan where that holds fewer than two values.
+    from the sequence's start; nan where that holds fewer than two values. Whole-array: the running max and
+    min inside each batch, and the max and min of the complete batches before it (max, min and one
+    subtraction: exactly what the per-step rule computes).
 
     >>> past_range(np.array([0.0, 4.0, 1.0, 2.0, 9.0]), 2, 2, include_current=False).tolist()
     [nan, nan, 4.0, 4.0, 1.0]
+    >>> past_range(np.array([0.0, 4.0, 1.0, 2.0, 9.0]), 2, 2, include_current=True).tolist()
+    [nan, 4.0, 4.0, 4.0, 8.0]
     """
+    from numpy.lib.stride_tricks import sliding_window_view
+
     x = np.asarray(x, dtype=np.float64)
-    out = np.full(x.size, np.nan)
-    for t in range(x.size):
-        lo = max(0, (t // block - blocks + 1) * block)
-        seg = x[lo : t + 1] if include_current else x[lo:t]
-        if seg.size >= 2:
-            out[t] = float(seg.max() - seg.min())
+    n = x.size
+    out = np.full(n, np.nan)
+    if n == 0:
+        return out
+    nb = -(-n // block)
+    grid = np.full(nb * block, np.nan)
+    grid[:n] = x
+    grid = grid.reshape(nb, block)
+    full_hi, full_lo = np.fmax.accumulate(grid, axis=1), np.fmin.accumulate(grid, axis=1)  # nan-padded tail
+    if include_current:
+        run_hi, run_lo = full_hi, full_lo
+    else:  # up to, not with, each step: shifted by one inside its batch
+        gap = np.full((nb, 1), np.nan)
+        run_hi = np.concatenate((gap, full_hi[:, :-1]), axis=1)
+        run_lo = np.concatenate((gap, full_lo[:, :-1]), axis=1)
+    k = blocks - 1  # complete batches before the current one
+    if k > 0:
+        pad = np.full(k, np.nan)
+        prev_hi = np.fmax.reduce(sliding_window_view(np.concatenate((pad, full_hi[:, -1])), k)[:nb], axis=1)
+        prev_lo = np.fmin.reduce(sliding_window_view(np.concatenate((pad, full_lo[:, -1])), k)[:nb], axis=1)
+        run_hi, run_lo = np.fmax(run_hi, prev_hi[:, None]), np.fmin(run_lo, prev_lo[:, None])
+    t = np.arange(n)
+    count = t - np.maximum(0, (t // block - blocks + 1) * block) + (1 if include_current else 0)
+    ok = count >= 2
+    out[ok] = run_hi.reshape(-1)[:n][ok] - run_lo.reshape(-1)[:n][ok]
     return out
 
 
