@@ -47,6 +47,7 @@ from smap_shared.model.rules import (
     HYBRID_RULE,
     LATCH_RULE,
     QUIET_RULE,
+    SCALE_FREE_RULE,
     STEP_RULE,
     CausalNdtRule,
     FixedRule,
@@ -64,6 +65,7 @@ RULES: dict[str, Rule] = {
     "causal_ndt_step": STEP_RULE,  # deployed before causal_ndt_quiet
     "causal_ndt_quiet": QUIET_RULE,  # deployed before causal_ndt_latch
     "causal_ndt_latch": LATCH_RULE,  # deployed before causal_ndt_scale_free
+    "causal_ndt_scale_free": SCALE_FREE_RULE,  # deployed before causal_ndt_deadband
     DEPLOYED_RULE_NAME: DEPLOYED,
 }
 DEPLOYED_RULE = DEPLOYED_RULE_NAME

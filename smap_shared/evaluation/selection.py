@@ -1,7 +1,7 @@
 """How much of a rule's score is owed to choosing it on the test labels.
 
 The causal rule's extra options (`cap_flagged`, `or_margin`, `hold`, `persist`, `step_factor`, `quiet_window`,
-`quiet_pad`, `latch`) were picked
+`quiet_pad`, `latch`, `scale_window`) were picked
 by looking at the test results of all channels, which is tuning on test. Two diagnostics make the
 cost of that visible:
 
@@ -41,10 +41,17 @@ Array = npt.NDArray[np.float64]
 #: Variants of the causal rule the selection chooses among (issue 15: every choice by leave-one-family-out):
 #: telemanom's defaults plus the window/level options; the persistence of the relative alarm; then, on
 #: top of cap=1, or=2, hold=100, persist=30, the raw-value alarms in their scale-free form (`scale_window`
-#: x step factor x quiet pad, quiet off included) with and without the latch. The unit-bound raw-value
-#: alarms (train_max_step in the train split's units) are not candidates: they change with the units of
-#: the value (research/scale_free.py), so no choice among them would hold on a feed scaled otherwise.
-_SF_BASE = replace(CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=30, quiet_window=50)
+#: x step factor x quiet window and pad, quiet off included) with and without the latch. The quiet window
+#: is a choice too (it was fixed at 50 from causal_ndt_quiet on, picked by looking at P-1's events), and
+#: every quiet alarm has its deadband (`quiet_deadband`: a spell ends back at the train minimum, so a value
+#: hovering about the level raises one alarm, not one per dip). The unit-bound raw-value alarms (in the
+#: train split's units) are not candidates: they change with the units of the value
+#: (research/scale_free.py), so no choice among them would hold on a feed scaled otherwise.
+QUIET_WINDOWS = (20, 50, 100)
+QUIET_PADS = (0.15, 0.25, 0.35)
+_SF_BASE = replace(CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=30, quiet_deadband=True)
+_QUIET: dict[str, tuple[int, float]] = {"off": (0, 0.25)} | {
+    f"{w}/{pad:g}": (w, pad) for w in QUIET_WINDOWS for pad in QUIET_PADS}
 GRID: dict[str, CausalNdtRule] = {
     f"cap={int(c)},or={o:g},hold={h}": replace(CausalNdtRule(), cap_flagged=c, or_margin=o, hold=h)
     for c in (False, True)
@@ -54,12 +61,11 @@ GRID: dict[str, CausalNdtRule] = {
     f"cap=1,or=2,hold=100,persist={p}": replace(CausalNdtRule(), cap_flagged=True, or_margin=2.0, persist=p)
     for p in (10, 30)
 } | {
-    f"cap=1,or=2,hold=100,persist=30,scale={w},step={f:g},quiet={'off' if q is None else f'50/{q:g}'},"
-    f"latch={lam:g}": replace(_SF_BASE, scale_window=w, step_factor=f, latch=lam,
-                              quiet_window=0 if q is None else 50, quiet_pad=0.25 if q is None else q)
+    f"cap=1,or=2,hold=100,persist=30,scale={w},step={f:g},quiet={q},latch={lam:g}": replace(
+        _SF_BASE, scale_window=w, step_factor=f, latch=lam, quiet_window=qw, quiet_pad=pad)
     for w in (250, 700, 2100)
     for f in (1.25, 1.5, 2.0)
-    for q in (None, 0.15, 0.25, 0.35)
+    for q, (qw, pad) in _QUIET.items()
     for lam in (0.0, 1.0)
 }
 
@@ -138,7 +144,9 @@ def selection_report(
         "grid": {k: {"event": v.event.as_dict(), "point": v.point.as_dict()} for k, v in in_sample.items()},
         "protocol": "leave-one-family-out: each channel family scored with the variant chosen on the others",
         "folds": [{"held_out": f.held_out, "select_on": f.select_on, "evaluate_on": f.evaluate_on,
-                   "selected": f.selected} for f in folds],
+                   "selected": f.selected,
+                   "event": aggregate([per_channel[c][f.selected] for c in f.evaluate_on]).event.as_dict()}
+                  for f in folds],
         "cross_validated": {"event": held.event.as_dict(), "point": held.point.as_dict()},
         "oracle_static_threshold": {
             "note": "per channel, chosen WITH the test labels: an upper bound, not a result",

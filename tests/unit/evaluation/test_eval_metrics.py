@@ -264,3 +264,7 @@ def test_the_deployed_rule_is_one_of_the_variants_the_selection_chooses_among() 
 
     assert DEPLOYED_RULE in GRID.values()
     assert all(r.scale_window > 0 for r in GRID.values() if r.step_factor > 0 or r.quiet_window > 0)
+    # the quiet window is the protocol's choice too (it was fixed at 50, picked by looking at test events),
+    # and every quiet alarm has its deadband
+    assert {r.quiet_window for r in GRID.values() if r.quiet_window > 0} == {20, 50, 100}
+    assert all(r.quiet_deadband for r in GRID.values() if r.quiet_window > 0)

@@ -210,6 +210,34 @@ def test_quiet_alarm_fires_when_the_value_goes_flatter_than_in_training() -> Non
         CausalNdtRule(quiet_window=20).fit(tr_s, tr_e)
 
 
+def test_the_quiet_deadband_makes_a_value_hovering_about_the_level_one_alarm() -> None:
+    n = 900
+    tr_s, tr_e = synthetic(n, 18)
+    te_s, te_e = synthetic(n, 19)
+    t = np.arange(n)
+    train_raw = np.zeros((n, 2))
+    train_raw[:, 0] = np.sin(t / 3.0) * (1.0 + 0.5 * (t % 200 < 100))  # amplitude 1 or 1.5
+    base = CausalNdtRule(window=200, stride=10, buffer=5, hold=3, warmup=0, quiet_window=20, quiet_pad=0.25)
+    rule = base.fit(tr_s, tr_e, train_raw)
+    level, floor = rule.quiet_level, rule.train_quiet_min
+    # the test value's amplitude hovers between just under the level and half way to the train minimum:
+    # std ~ sd(amplitude) ~ amplitude / sqrt(2) for a sine
+    test_raw = train_raw.copy()
+    amp = np.where((t // 40) % 2 == 0, 0.8 * level, 0.5 * (level + floor)) * np.sqrt(2.0)
+    test_raw[300:700, 0] = np.sin(t[300:700] / 3.0) * amp[300:700]
+    plain = rule.run(te_s, te_e, raw=test_raw)
+    banded = replace(base, quiet_deadband=True).fit(tr_s, tr_e, train_raw).run(te_s, te_e, raw=test_raw)
+
+    def alarms(detected: npt.NDArray[np.bool_]) -> int:
+        return int(np.sum(np.diff(np.concatenate(([0], detected.astype(int)))) == 1))
+
+    assert alarms(plain.detected) >= 4  # a new alarm at every dip under the level
+    assert alarms(banded.detected) == 1  # one spell: it ends only back at the train minimum
+    assert 300 < int(np.argmax(banded.detected)) < 330
+    assert not replace(base, quiet_deadband=True).fit(tr_s, tr_e, train_raw).run(
+        te_s, te_e, raw=train_raw).detected.any()  # training-like values stay quiet-alarm free
+
+
 def test_quiet_alarm_is_off_where_training_was_already_flat() -> None:
     tr_s, tr_e = synthetic(300, 20)
     te_s, te_e = synthetic(300, 21)
