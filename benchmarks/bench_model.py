@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from smap_shared.data import VendoredSource
 from smap_shared.fleet import default_fleet
@@ -53,7 +54,7 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def run_client(url: str, entity: str, rows: np.ndarray, stream: str, lat: list[float]) -> None:
+def run_client(url: str, entity: str, rows: npt.NDArray[np.float64], stream: str, lat: list[float]) -> None:
     client = OmniAnomalyClient(url)
     for i, row in enumerate(rows):
         t = time.perf_counter()

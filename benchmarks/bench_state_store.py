@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import redis
 from redis._parsers import _HiredisParser, _RESP2Parser
 
@@ -28,7 +29,7 @@ from smap_shared.model.train import TrainConfig, train_entity
 STREAMS, ROWS = 50, 6
 
 
-def per_row_ms(ckpt: Checkpoint, data: np.ndarray, store: StateStore | None, requests: int) -> float:
+def per_row_ms(ckpt: Checkpoint, data: npt.NDArray[np.float64], store: StateStore | None, requests: int) -> float:
     registry = StreamRegistry(Scorer(ckpt), store, 256)
     started = time.perf_counter()
     for r in range(requests):

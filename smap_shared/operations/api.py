@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,7 +181,7 @@ SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 def fleet_body(fleet: Fleet, now: float, lookback_s: float, stale_s: float, lasts: list[Series],
-               stamps: list[Series], alerts: list[Mapping[str, Any]] | None) -> dict[str, Any]:
+               stamps: list[Series], alerts: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
     """Every stream of the fleet at a glance: state, latest score, detector signal against its threshold
     (`margin` = signal / threshold: >= 1 is over), age of the latest frame, open alerts. `alerts`: the open
     (pending or firing) alerts, None when the alert manager could not be asked."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ViewportSize
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -12,7 +15,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @contextlib.contextmanager
-def chromium_page(viewport: dict[str, int] | None = None) -> Iterator[tuple[Any, list[str]]]:
+def chromium_page(viewport: ViewportSize | None = None) -> Iterator[tuple[Any, list[str]]]:
     """A new page, and the list its uncaught script errors are appended to; the browser closes after."""
     from playwright.sync_api import sync_playwright
 

@@ -194,8 +194,10 @@ def test_a_recreated_results_topic_is_read_from_its_start(tmp_path: Path) -> Non
                 manager = AlertManager(alert_env(bootstrap, db, hook, smtp_port), tmp_path)
                 manager.start()
                 try:
-                    wait_until(lambda n=n: sum(o for (o,) in query(db, "SELECT next_offset FROM consumer_offsets"))
-                               == n, 60, f"run {run}: the {n} results applied", tmp_path)
+                    def applied(n: int = n) -> bool:
+                        return bool(sum(o for (o,) in query(db, "SELECT next_offset FROM consumer_offsets")) == n)
+
+                    wait_until(applied, 60, f"run {run}: the {n} results applied", tmp_path)
                     assert manager.metric('smap_alert_results_total{outcome="applied"}') == n
                 finally:
                     assert manager.stop() == 0

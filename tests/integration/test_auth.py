@@ -122,8 +122,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # both services open their auth store after they listen (503 until then): wait for it, so the
             # tests see 401/403/2xx and never that start-up race
             for base in (server.url, f"http://127.0.0.1:{manager.api_port}"):
-                wait_until(lambda base=base: call(f"{base}/api/smap/alerts/1/ack", "POST", {})[0] != 503, 60,
-                           f"the auth store of {base}", logs)
+                def ready(base: str = base) -> bool:
+                    return call(f"{base}/api/smap/alerts/1/ack", "POST", {})[0] != 503
+
+                wait_until(ready, 60, f"the auth store of {base}", logs)
             ids = dict(query(db, "SELECT satellite_id, id FROM alerts"))
             user_ids = dict(query(db, "SELECT username, id FROM users"))
             yield Stack(db, manager, server, tokens, ids, user_ids)

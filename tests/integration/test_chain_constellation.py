@@ -77,7 +77,7 @@ def _check_vm(chain: Chain, streams: list[tuple[str, str]], steps: int) -> None:
     seen = [0]
 
     def all_in() -> bool:
-        seen[0] = sum(len(s["values"]) for s in chain.vm_export("smap_anomaly_score"))  # type: ignore[arg-type]
+        seen[0] = sum(len(s["values"]) for s in chain.vm_export("smap_anomaly_score"))
         return seen[0] >= len(streams) * steps
 
     try:
@@ -86,7 +86,7 @@ def _check_vm(chain: Chain, streams: list[tuple[str, str]], steps: int) -> None:
         raise AssertionError(f"VictoriaMetrics holds {seen[0]} of {len(streams) * steps} scores") from exc
     for name in ("smap_anomaly_score", "smap_detector_signal"):
         series = chain.vm_export(name)
-        got = {(s["metric"]["satellite_id"], s["metric"]["entity"]): s["timestamps"]  # type: ignore[index]
+        got = {(s["metric"]["satellite_id"], s["metric"]["entity"]): s["timestamps"]
                for s in series}
         assert len(series) == len(got) == len(streams), name
         assert set(got) == set(streams)

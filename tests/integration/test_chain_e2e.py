@@ -141,7 +141,7 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
 
     def all_in_vm() -> bool:
         series = chain.vm_export('{__name__="smap_anomaly_score"}')
-        seen[0] = sum(len(s["values"]) for s in series)  # type: ignore[arg-type]
+        seen[0] = sum(len(s["values"]) for s in series)
         return seen[0] >= total
 
     try:
@@ -151,7 +151,7 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
     per_stream = {"sensor": lambda e: offline[e].n_sensors, "cause": lambda e: len(ALARM_CAUSES)}
     for name, extra in METRICS.items():
         series = chain.vm_export(f'{{__name__="{name}"}}')
-        labels = {tuple(sorted(s["metric"].items())) for s in series}  # type: ignore[union-attr]
+        labels = {tuple(sorted(s["metric"].items())) for s in series}
         expected_series = sum(per_stream[extra](e) if extra else 1 for e in ENTITIES)
         assert len(labels) == len(series) == expected_series, name
         for s in series:
@@ -164,9 +164,9 @@ def test_chain_end_to_end(chain: Chain, offline: dict[str, Scorer], kill_worker:
             assert isinstance(stamps, list)
             assert len(stamps) == len(set(stamps)) == STEPS, (name, metric, len(stamps))
     scores = {
-        (s["metric"]["entity"], t): v  # type: ignore[index]
+        (s["metric"]["entity"], t): v
         for s in chain.vm_export('{__name__="smap_anomaly_score"}')
-        for t, v in zip(s["timestamps"], s["values"], strict=True)  # type: ignore[call-overload]
+        for t, v in zip(s["timestamps"], s["values"], strict=True)
     }
     for r in results:
         ts = int(r.timestamp.timestamp() * 1000)

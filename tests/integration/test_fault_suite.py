@@ -83,7 +83,8 @@ def test_fault_suite(tmp_path: Path, quick_ckpt_dir: Path, source: VendoredSourc
             triton = chain.triton
             windows: list[tuple[str, float, float]] = []  # fault, began, recovered (wall clock)
 
-            def fault(name: str, break_it: Callable[[], None], mend: Callable[[], None], down_s: float) -> None:
+            def fault(name: str, break_it: Callable[[], object], mend: Callable[[], object],
+                      down_s: float) -> None:
                 began = time.time()
                 break_it()
                 time.sleep(down_s)
@@ -176,7 +177,7 @@ def test_fault_suite(tmp_path: Path, quick_ckpt_dir: Path, source: VendoredSourc
 
             # VictoriaMetrics: one sample per series and timestamp, all of them
             def all_stored() -> bool:
-                return sum(len(s["values"]) for s in chain.vm_export("smap_anomaly_score")) >= len(expected)  # type: ignore[arg-type]
+                return sum(len(s["values"]) for s in chain.vm_export("smap_anomaly_score")) >= len(expected)
 
             chain.wait_for(all_stored, 240, "VictoriaMetrics to hold every score")
             series = chain.vm_export("smap_anomaly_score")

@@ -106,8 +106,8 @@ def test_frames_posted_over_http_are_scored_like_the_simulators(chain: Chain, tm
             r = json.loads(raw)
             return (r["stream_id"], r["index"])
 
-        raw = asyncio.run(read_topic(bootstrap, "smap-inference-results", total, 240, distinct=key))
-        results = {(r.stream_id, r.index): r for r in (InferenceResult.model_validate_json(x) for x in raw)}
+        values = asyncio.run(read_topic(bootstrap, "smap-inference-results", total, 240, distinct=key))
+        results = {(r.stream_id, r.index): r for r in (InferenceResult.model_validate_json(x) for x in values)}
         assert set(results) == {("SAT-001/A-1", START + i) for i in range(total)}
         seq = VendoredSource().load("A-1").test[START : START + total]
         ref = Scorer(Checkpoint.load(quick_ckpt_dir / "A-1.ckpt")).run(seq)

@@ -68,7 +68,7 @@ def test_open_mct_plots_the_chain_and_manages_its_alerts_as_faults(chain: Chain,
                     return (await openmct.telemetry.request(obj, {start: b.start, end: b.end})).map(d => d.value);
                 }""")
                 stored = [v for s in chain.vm_export('{__name__="smap_anomaly_score",entity="A-1"}')
-                          for v in s["values"]]  # type: ignore[union-attr]
+                          for v in s["values"]]
                 assert len(got) >= 60 and min(got) >= min(stored) - 1e-12 and max(got) <= max(stored) + 1e-12
                 # the plot drew them: its y axis spans the data, not the empty plot's default [-1, 1]
                 ticks = [float(t) for t in page.locator(".gl-plot-y-tick-label").all_inner_texts() if t.strip()]

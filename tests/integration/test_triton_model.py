@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from smap_shared.data import VendoredSource
@@ -21,6 +22,8 @@ from smap_shared.model.streams import RedisStateStore
 from smap_shared.triton.client import ModelRequest, OmniAnomalyClient, TritonInferenceError
 from smap_shared.triton.launcher import TritonServer
 from smap_shared.triton.repository import generate
+
+Array = npt.NDArray[np.float64]
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +55,7 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tri
 
 
 @pytest.fixture(scope="module")
-def reference(quick_ckpt_dir: Path, source: VendoredSource) -> dict[str, tuple[np.ndarray, SequenceOutput]]:
+def reference(quick_ckpt_dir: Path, source: VendoredSource) -> dict[str, tuple[Array, SequenceOutput]]:
     out = {}
     for entity in ENTITIES:
         seq = source.load(entity).test[START[entity] : START[entity] + STEPS]
@@ -74,7 +77,7 @@ def _check(entity: str, i: int, got: object, ref: SequenceOutput) -> None:
 
 
 def test_interleaved_streams_redelivery_and_crash_restart(
-    server: TritonServer, reference: dict[str, tuple[np.ndarray, SequenceOutput]]
+    server: TritonServer, reference: dict[str, tuple[Array, SequenceOutput]]
 ) -> None:
     client = OmniAnomalyClient(server.url)
     run = uuid.uuid4().hex[:8]
@@ -110,7 +113,7 @@ def test_interleaved_streams_redelivery_and_crash_restart(
 
 
 def test_one_request_of_many_streams_equals_offline(
-    server: TritonServer, reference: dict[str, tuple[np.ndarray, SequenceOutput]]
+    server: TritonServer, reference: dict[str, tuple[Array, SequenceOutput]]
 ) -> None:
     """K rows of 5 streams in one request (each stream's rows in order, streams interleaved, requests of
     varying size): every row equals the offline model of its stream; a redelivered request is all duplicates
@@ -164,7 +167,7 @@ def test_wrong_width_is_a_clear_error(server: TritonServer) -> None:
 
 
 def test_no_stream_id_uses_one_default_stream(
-    server: TritonServer, reference: dict[str, tuple[np.ndarray, SequenceOutput]]
+    server: TritonServer, reference: dict[str, tuple[Array, SequenceOutput]]
 ) -> None:
     seq, _ = reference["D-1"]
     RedisStateStore(REDIS_URL, "smap_D-1").r.delete("smap:state:smap_D-1:__default__")
@@ -192,7 +195,7 @@ def test_repository_index_and_config(server: TritonServer) -> None:
 
 
 def test_infer_many_answers_every_request_in_its_place_from_threads(
-    server: TritonServer, reference: dict[str, tuple[np.ndarray, SequenceOutput]]
+    server: TritonServer, reference: dict[str, tuple[Array, SequenceOutput]]
 ) -> None:
     """One request per model, all in flight on the client's threads: each entry answers its own request
     (equal to the offline model, stream state kept across calls), an unknown model fails only its entry."""

@@ -6,9 +6,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from research.explore_rules import WARMUP, Ch, onset
+from research.explore_rules import WARMUP, Ch
 from research.scale_free import ex_quiet_sf, ex_step_sf, rescaled
 from smap_shared.data import VendoredSource
+from smap_shared.evaluation.vectorised import onset
 from smap_shared.model.rules import CausalNdtRule
 
 Array = npt.NDArray[np.float64]

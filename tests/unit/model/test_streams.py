@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from smap_shared.data import VendoredSource
@@ -17,6 +18,8 @@ from smap_shared.model.streams import (
     decode_output,
     encode_output,
 )
+
+Array = npt.NDArray[np.float64]
 
 
 class MemoryStore:
@@ -37,11 +40,11 @@ class MemoryStore:
 
 
 @pytest.fixture
-def seq(source: VendoredSource) -> np.ndarray:
+def seq(source: VendoredSource) -> Array:
     return source.load("A-1").test[:40]
 
 
-def test_interleaved_streams_equal_offline_runs(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_interleaved_streams_equal_offline_runs(a1_ckpt: Checkpoint, seq: Array) -> None:
     reg = StreamRegistry(Scorer(a1_ckpt))
     ref = Scorer(a1_ckpt).run(seq).anomaly_score
     got: dict[str, list[float]] = {"a": [], "b": []}
@@ -52,7 +55,7 @@ def test_interleaved_streams_equal_offline_runs(a1_ckpt: Checkpoint, seq: np.nda
     np.testing.assert_allclose(got["b"], ref, atol=1e-12)
 
 
-def test_redelivery_replays_outputs_and_keeps_state(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_redelivery_replays_outputs_and_keeps_state(a1_ckpt: Checkpoint, seq: Array) -> None:
     reg = StreamRegistry(Scorer(a1_ckpt))
     first = [reg.step(row, "s", i) for i, row in enumerate(seq[:10])]
     hidden = reg.streams["s"].hidden.copy()
@@ -65,7 +68,7 @@ def test_redelivery_replays_outputs_and_keeps_state(a1_ckpt: Checkpoint, seq: np
     np.testing.assert_array_equal(reg.streams["s"].hidden, hidden)
 
 
-def test_gap_is_applied_and_counted(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_gap_is_applied_and_counted(a1_ckpt: Checkpoint, seq: Array) -> None:
     reg = StreamRegistry(Scorer(a1_ckpt))
     reg.step(seq[0], "s", 0)
     res = reg.step(seq[5], "s", 5)
@@ -73,7 +76,7 @@ def test_gap_is_applied_and_counted(a1_ckpt: Checkpoint, seq: np.ndarray) -> Non
     assert reg.streams["s"].gaps == 4 and reg.streams["s"].last_index == 5
 
 
-def test_history_is_bounded_and_an_old_index_restarts_the_stream(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_history_is_bounded_and_an_old_index_restarts_the_stream(a1_ckpt: Checkpoint, seq: Array) -> None:
     reg = StreamRegistry(Scorer(a1_ckpt), history=5)
     for i, row in enumerate(seq[:20]):
         reg.step(row, "s", i)
@@ -85,7 +88,7 @@ def test_history_is_bounded_and_an_old_index_restarts_the_stream(a1_ckpt: Checkp
     np.testing.assert_allclose([r.output.anomaly_score for r in res], fresh, atol=1e-12)
 
 
-def test_store_failure_changes_nothing(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_store_failure_changes_nothing(a1_ckpt: Checkpoint, seq: Array) -> None:
     store = MemoryStore()
     reg = StreamRegistry(Scorer(a1_ckpt), store)
     ok = reg.step(seq[0], "s", 0)
@@ -99,7 +102,7 @@ def test_store_failure_changes_nothing(a1_ckpt: Checkpoint, seq: np.ndarray) -> 
     assert [ok.output.anomaly_score, retried.output.anomaly_score] == pytest.approx(ref.tolist(), abs=1e-12)
 
 
-def test_restore_from_store_resumes_exactly(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_restore_from_store_resumes_exactly(a1_ckpt: Checkpoint, seq: Array) -> None:
     store = MemoryStore()
     reg = StreamRegistry(Scorer(a1_ckpt), store)
     for i, row in enumerate(seq[:20]):
@@ -109,7 +112,7 @@ def test_restore_from_store_resumes_exactly(a1_ckpt: Checkpoint, seq: np.ndarray
     np.testing.assert_allclose(tail, Scorer(a1_ckpt).run(seq).anomaly_score[20:], atol=1e-12)
 
 
-def test_a_state_of_another_model_version_starts_over(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_a_state_of_another_model_version_starts_over(a1_ckpt: Checkpoint, seq: Array) -> None:
     store = MemoryStore()
     reg = StreamRegistry(Scorer(a1_ckpt), store)
     for i, row in enumerate(seq[:5]):
@@ -123,13 +126,13 @@ def test_a_state_of_another_model_version_starts_over(a1_ckpt: Checkpoint, seq: 
     np.testing.assert_allclose(fresh, Scorer(a1_ckpt).run(seq[5:10]).anomaly_score, atol=1e-12)
 
 
-def test_no_stream_id_means_one_default_stream(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_no_stream_id_means_one_default_stream(a1_ckpt: Checkpoint, seq: Array) -> None:
     reg = StreamRegistry(Scorer(a1_ckpt))
     scores = [reg.step(row).output.anomaly_score for row in seq[:5]]
     np.testing.assert_allclose(scores, Scorer(a1_ckpt).run(seq[:5]).anomaly_score, atol=1e-12)
 
 
-def test_output_codec_roundtrip(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_output_codec_roundtrip(a1_ckpt: Checkpoint, seq: Array) -> None:
     s = Scorer(a1_ckpt)
     out, _ = s.step(seq[0], s.initial_state())
     out = replace(out, input_digest="0123abcd", alarm_cause=5)
@@ -144,7 +147,7 @@ def test_output_codec_roundtrip(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
     assert j == 3 and legacy.anomaly_detected and legacy.input_digest == "" and legacy.alarm_cause == 1
 
 
-def test_one_request_of_many_streams_equals_offline_runs(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_one_request_of_many_streams_equals_offline_runs(a1_ckpt: Checkpoint, seq: Array) -> None:
     """K rows of several streams in one request, interleaved and of different lengths: each stream's rows are
     applied in their order (waves across streams), and every output equals the offline run of its stream."""
     reg = StreamRegistry(Scorer(a1_ckpt), MemoryStore())
@@ -177,7 +180,7 @@ def test_one_request_of_many_streams_equals_offline_runs(a1_ckpt: Checkpoint, se
         np.testing.assert_array_equal(reg.streams[s].hidden, hidden[s])
 
 
-def test_failed_store_write_leaves_the_whole_request_unapplied(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_failed_store_write_leaves_the_whole_request_unapplied(a1_ckpt: Checkpoint, seq: Array) -> None:
     store = MemoryStore()
     reg = StreamRegistry(Scorer(a1_ckpt), store)
     reg.step_many(seq[:3], ["a", "a", "b"], [0, 1, 0])
@@ -194,14 +197,14 @@ def test_failed_store_write_leaves_the_whole_request_unapplied(a1_ckpt: Checkpoi
     assert reg.streams["a"].last_index == 2 and reg.streams["b"].last_index == 2
 
 
-def test_rows_and_ids_must_agree(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_rows_and_ids_must_agree(a1_ckpt: Checkpoint, seq: Array) -> None:
     reg = StreamRegistry(Scorer(a1_ckpt))
     with pytest.raises(ValueError, match="same number of rows"):
         reg.step_many(seq[:3], ["a", "b"], [0, 0, 1])
 
 
 def test_a_new_run_starts_the_stream_over_and_never_answers_from_the_old_one(
-    a1_ckpt: Checkpoint, seq: np.ndarray
+    a1_ckpt: Checkpoint, seq: Array
 ) -> None:
     """Issue 14, hole 2: the source restarts (a new run, indices from 0 again) while the model still holds the
     old run's history: every frame of the new run is scored from the initial state, as offline, never
@@ -227,7 +230,7 @@ def test_a_new_run_starts_the_stream_over_and_never_answers_from_the_old_one(
     assert store.saved["s"].run_id == "run-3"
 
 
-def test_an_implausible_jump_forward_is_refused(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_an_implausible_jump_forward_is_refused(a1_ckpt: Checkpoint, seq: Array) -> None:
     """Issue 14, hole 3: index 10^9 after 0..4 is refused and never reaches the state; a plausible gap is
     applied and counted."""
     reg = StreamRegistry(Scorer(a1_ckpt), max_jump=1000)
@@ -240,7 +243,7 @@ def test_an_implausible_jump_forward_is_refused(a1_ckpt: Checkpoint, seq: np.nda
     assert reg.step(seq[5], "s", 500).gap == 495
 
 
-def test_state_codec_roundtrip(a1_ckpt: Checkpoint, seq: np.ndarray) -> None:
+def test_state_codec_roundtrip(a1_ckpt: Checkpoint, seq: Array) -> None:
     from smap_shared.model.streams import RedisStateStore
 
     reg = StreamRegistry(Scorer(a1_ckpt))

@@ -58,7 +58,7 @@ async def _drain(fetcher: ContiguousFetcher, consumer: FakeConsumer) -> list[int
 
 def test_a_skipped_offset_is_fetched_again() -> None:
     consumer = FakeConsumer(end=30, skip={7}, skip_times=1)
-    got = asyncio.run(_drain(ContiguousFetcher(consumer), consumer))  # type: ignore[arg-type]
+    got = asyncio.run(_drain(ContiguousFetcher(consumer), consumer))
     assert got == list(range(30))
     assert consumer.seeks == [7]
 
@@ -66,7 +66,7 @@ def test_a_skipped_offset_is_fetched_again() -> None:
 def test_a_persistent_gap_is_accepted_after_max_refetch() -> None:
     consumer = FakeConsumer(end=20, skip={5}, skip_times=1000)  # e.g. a transaction marker on real Kafka
     gaps: list[int] = []
-    fetcher = ContiguousFetcher(consumer, max_refetch=3, on_gap=lambda: gaps.append(1))  # type: ignore[arg-type]
+    fetcher = ContiguousFetcher(consumer, max_refetch=3, on_gap=lambda: gaps.append(1))
     got = asyncio.run(_drain(fetcher, consumer))
     assert got == [o for o in range(20) if o != 5]
     assert consumer.seeks == [5, 5, 5] and len(gaps) == 3

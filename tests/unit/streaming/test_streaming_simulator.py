@@ -34,6 +34,9 @@ class TinySource:
         test[:, 2] = 1.0
         return ChannelData(channel, np.zeros((4, 3)), test, self.labels.get(channel, []))
 
+    def dataset(self, channels: list[str]) -> str:
+        return "TINY"
+
 
 class FakeProducer:
     def __init__(self) -> None:
