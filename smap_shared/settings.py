@@ -25,6 +25,11 @@ class _Settings(BaseSettings):
     smap_bind_address: str = "127.0.0.1"
 
 
+#: Recent outputs each stream keeps to answer a redelivered step (the Triton model's STATE_HISTORY). A
+#: redelivered task is recognised only if it holds no more rows of one stream than this, so the trigger never
+#: puts more in one task (TriggerSettings.trigger_stream_frames_max).
+STATE_HISTORY = 256
+
 #: A reader off the latency path asks for this much per fetch, so its fetch wait, not each arriving record,
 #: sets how often it handles a batch.
 OFF_PATH_FETCH_MIN_BYTES = 1 << 20
@@ -113,6 +118,10 @@ class TriggerSettings(_CelerySettings, _TelemetryCheckSettings, _KafkaReaderSett
     #: down must not keep its shard's frames here).
     trigger_hold_while_queued: bool = True
     trigger_hold_max_ms: int = Field(default=1000, ge=0, le=60_000)
+    #: A task holds at most this many frames of one stream (more go into the shard's next task): a task that
+    #: is redelivered after a crash is recognised step by step only while its rows of a stream are all in the
+    #: model's memory of recent outputs. Must not exceed the models' STATE_HISTORY (the default is that).
+    trigger_stream_frames_max: int = Field(default=STATE_HISTORY, ge=1)
     metrics_port: int = 9302
 
 

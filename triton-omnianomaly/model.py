@@ -30,6 +30,7 @@ from smap_shared.model.checkpoint import Checkpoint  # noqa: E402
 from smap_shared.model.contract import output_arrays  # noqa: E402
 from smap_shared.model.scorer import Scorer  # noqa: E402
 from smap_shared.model.streams import DEFAULT_MAX_JUMP, RedisStateStore, StateStore, StreamRegistry  # noqa: E402
+from smap_shared.settings import STATE_HISTORY  # noqa: E402
 
 log = logging.getLogger("smap.triton")
 
@@ -55,7 +56,7 @@ class TritonPythonModel:
             scorer: Any = TorchScorer(ckpt, f"cuda:{args['model_instance_device_id']}")
         else:
             scorer = Scorer(ckpt)  # numpy only: keeps the stub at ~40 MB instead of ~230 MB with torch
-        history = int(_param(config, "STATE_HISTORY", "256"))
+        history = int(_param(config, "STATE_HISTORY", str(STATE_HISTORY)))
         redis_url = _param(config, "REDIS_URL")
         store: StateStore | None = RedisStateStore(redis_url, self.name, history) if redis_url else None
         max_jump = int(_param(config, "MAX_INDEX_JUMP", str(DEFAULT_MAX_JUMP)))

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from smap_shared.model.scorer import Scorer, StepOutput
+from smap_shared.settings import STATE_HISTORY
 
 Array = npt.NDArray[np.float64]
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def decode_output(raw: str | bytes) -> tuple[int, StepOutput]:
 class StreamRegistry:
     """All streams of one model. Not thread-safe: one Triton instance owns one model's streams."""
 
-    def __init__(self, scorer: Scorer, store: StateStore | None = None, history: int = 256,
+    def __init__(self, scorer: Scorer, store: StateStore | None = None, history: int = STATE_HISTORY,
                  max_jump: int = DEFAULT_MAX_JUMP) -> None:
         self.scorer = scorer
         self.store: StateStore = store or NullStore()
@@ -305,7 +306,7 @@ TRIM_EVERY = 32  # RedisStateStore: steps between two trims of a stream's output
 class RedisStateStore:
     """One Redis value per stream (hidden state, counters) and a capped list of its recent outputs."""
 
-    def __init__(self, url: str, model: str, history: int = 256) -> None:
+    def __init__(self, url: str, model: str, history: int = STATE_HISTORY) -> None:
         import redis
 
         self.r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)

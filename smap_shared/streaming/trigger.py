@@ -102,6 +102,25 @@ class CeleryPublisher:
                 probe.release()  # type: ignore[no-untyped-call]
 
 
+def next_task_size(stream_ids: Sequence[str], per_stream: int) -> int:
+    """How many of a shard's pending frames (in order) its next task takes: all of them, or those before the
+    first frame whose stream already has `per_stream` frames in the task. Guarantee: a task never holds more
+    frames of one stream than the model remembers outputs of (its STATE_HISTORY), so a task redelivered
+    after a crash mid-way is answered from that memory row by row instead of being refused as too old.
+
+    >>> next_task_size(["a", "b", "a", "a", "b"], 2)
+    3
+    >>> next_task_size(["a", "b", "a"], 2), next_task_size([], 2)
+    (3, 0)
+    """
+    counts: dict[str, int] = {}
+    for i, sid in enumerate(stream_ids):
+        counts[sid] = counts.get(sid, 0) + 1
+        if counts[sid] > per_stream:
+            return i
+    return len(stream_ids)
+
+
 @dataclass
 class TriggerStats:
     published: int = 0  # frames
@@ -162,24 +181,31 @@ class TelemetrySink:
 
     async def flush(self) -> bool:
         loop = asyncio.get_running_loop()
+        per_stream = self.settings.trigger_stream_frames_max
         for shard in sorted(self.pending):
-            frames = self.pending[shard]
-            batch = InferenceBatch(frames=frames)
             queue = queue_name(shard)
+            while shard in self.pending:  # usually one task; more when a stream has more than per_stream frames
+                pending = self.pending[shard]
+                frames = pending[: next_task_size([f.stream_id for f in pending], per_stream)]
+                batch = InferenceBatch(frames=frames)
 
-            async def publish(batch: InferenceBatch = batch, queue: str = queue) -> None:
-                started = time.perf_counter()
-                await loop.run_in_executor(self.executor, self.publisher.publish, batch, queue)
-                self.metrics.publish_latency.observe(time.perf_counter() - started)
+                async def publish(batch: InferenceBatch = batch, queue: str = queue) -> None:
+                    started = time.perf_counter()
+                    await loop.run_in_executor(self.executor, self.publisher.publish, batch, queue)
+                    self.metrics.publish_latency.observe(time.perf_counter() - started)
 
-            if not await retry_until_done(publish, self.stop, f"publishing {len(frames)} frames to {queue}",
-                                          self.metrics.publish_retries.inc):
-                return False
-            del self.pending[shard]  # confirmed: a retry of this flush must not publish it again
-            self.stats.published += len(frames)
-            self.stats.tasks += 1
-            self.metrics.messages.labels("published").inc(len(frames))
-            self.metrics.batch_frames.observe(len(frames))
+                if not await retry_until_done(publish, self.stop, f"publishing {len(frames)} frames to {queue}",
+                                              self.metrics.publish_retries.inc):
+                    return False
+                # confirmed: a retry of this flush must not publish it again
+                if len(frames) == len(pending):
+                    del self.pending[shard]
+                else:
+                    self.pending[shard] = pending[len(frames):]
+                self.stats.published += len(frames)
+                self.stats.tasks += 1
+                self.metrics.messages.labels("published").inc(len(frames))
+                self.metrics.batch_frames.observe(len(frames))
         while self.letters:
             key, value, kind = self.letters[0]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from smap_shared.fleet import load_fleet, model_name
 from smap_shared.model.checkpoint import Checkpoint
 from smap_shared.model.contract import INPUTS, OUTPUTS, config_entries
-from smap_shared.settings import TritonSettings
+from smap_shared.settings import STATE_HISTORY, TritonSettings
 
 MODEL_SOURCE = Path(__file__).resolve().parents[2] / "triton-omnianomaly" / "model.py"
 
@@ -45,7 +45,7 @@ def detect_kind() -> str:
     return "KIND_GPU" if out.returncode == 0 and "GPU" in out.stdout else "KIND_CPU"
 
 
-def render_config(name: str, n_sensors: int, kind: str, redis_url: str, history: int = 256) -> str:
+def render_config(name: str, n_sensors: int, kind: str, redis_url: str, history: int = STATE_HISTORY) -> str:
     if kind not in ("KIND_CPU", "KIND_GPU"):
         raise ValueError(f"instance kind must be KIND_CPU or KIND_GPU, not {kind!r}")
     gpus = " gpus: [ 0 ]" if kind == "KIND_GPU" else ""
@@ -58,7 +58,7 @@ def render_config(name: str, n_sensors: int, kind: str, redis_url: str, history:
 
 def generate(
     repo: Path, checkpoints: Path, entities: list[str], kind: str = "auto", redis_url: str = "",
-    history: int = 256,
+    history: int = STATE_HISTORY,
 ) -> list[Path]:
     """Lay out one model per entity; returns the model folders. Missing checkpoints are an error."""
     if kind == "auto":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,7 +19,7 @@ from aiokafka import TopicPartition
 from smap_shared.fleet import Fleet, default_fleet
 from smap_shared.routing import ShardMap, queue_name
 from smap_shared.schemas import DeadLetter, InferenceBatch
-from smap_shared.settings import TriggerSettings
+from smap_shared.settings import STATE_HISTORY, TriggerSettings
 from smap_shared.streaming.metrics import trigger_metrics
 from smap_shared.streaming.trigger import TelemetrySink
 
@@ -324,3 +325,41 @@ def test_queued_ahead_asks_only_the_queues_of_shards_with_pending_frames(
     assert _run(fleet, widths, publisher, producer, scenario) == [False, False, True]
     assert publisher.asked == [[queue_name(shard)]] * 2  # only the pending shard's queue, nothing when idle
     assert all(t.startswith("celery-publish") for t in publisher.threads)  # the publishing thread, in order
+
+
+def test_no_task_holds_more_frames_of_one_stream_than_the_model_remembers(
+    frame: Callable[..., dict[str, Any]], record: Callable[..., Any], fleet: Fleet, widths: dict[str, int],
+    fake_producer: Callable[..., Any],
+) -> None:
+    """A backlog (a burst, or catching up after an outage) puts many frames of one stream in a shard's batch;
+    a task redelivered after a crash is recognised row by row only while it holds no more of a stream's
+    frames than its model keeps outputs of (STATE_HISTORY), so the batch goes out as several ordered tasks."""
+    publisher, producer = FakePublisher(), fake_producer()
+    per_stream = 4
+    frames = [frame(satellite_id=s, entity=e, index=i) for i in range(10) for s, e in STREAMS[1:4:2]]  # D-1, G-1
+    records = [record(json.dumps(f).encode(), offset=o) for o, f in enumerate(frames)]
+
+    async def scenario(sink: TelemetrySink, stop: asyncio.Event) -> None:
+        await _add_all(sink, records)
+        assert await sink.flush()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="celery-publish") as executor:
+        async def go() -> None:
+            stop = asyncio.Event()
+            settings = TriggerSettings(inference_shards=SHARDS, dlq_topic="dlq",
+                                       trigger_stream_frames_max=per_stream)
+            sink = TelemetrySink(settings, fleet, widths, publisher, producer, executor, stop)
+            await scenario(sink, stop)
+            assert sink.pending == {}
+
+        asyncio.run(go())
+    tasks = publisher.streams()
+    assert [q for q, _ in tasks] == [queue_for("SAT-002/D-1")] * 3  # one shard, three tasks, in order
+    assert [len(t) for _, t in tasks] == [8, 8, 4]
+    for _, t in tasks:
+        assert max(Counter(s for s, _ in t).values()) <= per_stream
+    # every frame once, each stream's indices in order across the tasks
+    flat = [f for _, t in tasks for f in t]
+    for sid in ("SAT-002/D-1", "SAT-003/G-1"):
+        assert [i for s, i in flat if s == sid] == list(range(10))
+    assert TriggerSettings().trigger_stream_frames_max == STATE_HISTORY  # the models' memory, by default
