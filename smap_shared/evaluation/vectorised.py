@@ -25,8 +25,8 @@ from smap_shared.model.rules import CausalNdtRule, quiet_ratio, rolling_std, ste
 Array = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-#: Options the vectorised form implements; any other field must keep the value of the rule whose traces
-#: it is given (the threshold's own settings: window, stride, z range, pruning, ...).
+#: Options that act on the alarms only; every other setting (window, stride, z range, pruning, cap_flagged,
+#: EWMA span, ...) shapes the smoothed error or the relative threshold and so selects the shared traces.
 ALARM_FIELDS = frozenset({"or_margin", "persist", "step_factor", "quiet_window", "quiet_pad", "quiet_deadband",
                           "latch", "scale_window", "hold"})
 FITTED = frozenset({"train_max", "train_max_step", "train_quiet_min", "train_quiet_max", "initial"})

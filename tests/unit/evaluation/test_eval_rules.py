@@ -182,13 +182,18 @@ def test_a_constant_train_value_makes_any_step_news() -> None:
     assert np.flatnonzero(rule.run(te_s, te_e, raw=test_raw).detected).tolist() == [200, 201]
 
 
-def test_quiet_alarm_fires_when_the_value_goes_flatter_than_in_training() -> None:
-    n = 600
+def oscillating(n: int) -> tuple[Array, Array, Array, Array, Array]:
+    """Train and test errors, and a train value oscillating with amplitude 1 or 1.5 (its std is never ~0)."""
     tr_s, tr_e = synthetic(n, 18)
     te_s, te_e = synthetic(n, 19)
     t = np.arange(n)
     train_raw = np.zeros((n, 2))
-    train_raw[:, 0] = np.sin(t / 3.0) * (1.0 + 0.5 * (t % 200 < 100))  # amplitude 1 or 1.5: std never ~0
+    train_raw[:, 0] = np.sin(t / 3.0) * (1.0 + 0.5 * (t % 200 < 100))
+    return tr_s, tr_e, te_s, te_e, train_raw
+
+
+def test_quiet_alarm_fires_when_the_value_goes_flatter_than_in_training() -> None:
+    tr_s, tr_e, te_s, te_e, train_raw = oscillating(600)
     test_raw = train_raw.copy()
     test_raw[300:420, 0] = 0.2  # stuck for 120 steps: the model's error did not move
     rule = CausalNdtRule(window=200, stride=10, buffer=5, hold=3, warmup=0, quiet_window=20,
@@ -211,12 +216,8 @@ def test_quiet_alarm_fires_when_the_value_goes_flatter_than_in_training() -> Non
 
 
 def test_the_quiet_deadband_makes_a_value_hovering_about_the_level_one_alarm() -> None:
-    n = 900
-    tr_s, tr_e = synthetic(n, 18)
-    te_s, te_e = synthetic(n, 19)
-    t = np.arange(n)
-    train_raw = np.zeros((n, 2))
-    train_raw[:, 0] = np.sin(t / 3.0) * (1.0 + 0.5 * (t % 200 < 100))  # amplitude 1 or 1.5
+    tr_s, tr_e, te_s, te_e, train_raw = oscillating(900)
+    t = np.arange(900)
     base = CausalNdtRule(window=200, stride=10, buffer=5, hold=3, warmup=0, quiet_window=20, quiet_pad=0.25)
     rule = base.fit(tr_s, tr_e, train_raw)
     level, floor = rule.quiet_level, rule.train_quiet_min
