@@ -68,9 +68,11 @@ async def run_batches(
     commit_offsets: Committer | None = None, on_fetched: Callable[[TopicPartition, list[Any]], None] | None = None,
     on_commit: Callable[[], None] | None = None, final_flush_timeout_s: float = 20.0,
     hold: Callable[[], Awaitable[bool]] | None = None, hold_max_s: float = 1.0,
+    on_hold: Callable[[], None] | None = None,
 ) -> LoopStats:
     """Consume until `stop` is set (the consumer must be started). `commit_offsets` defaults to a Kafka
-    commit of the group; `on_fetched(tp, records)` sees every fetched batch (lag gauges)."""
+    commit of the group; `on_fetched(tp, records)` sees every fetched batch (lag gauges); `on_commit` and
+    `on_hold` are told of each commit and each hold (metrics)."""
     fetcher = ContiguousFetcher(consumer)
     committer: Committer = commit_offsets or (lambda offsets: commit(consumer, offsets))
     stats = LoopStats()
@@ -119,6 +121,8 @@ async def run_batches(
             if (due and not full and not stopped and hold is not None and first_at is not None
                     and now - first_at < linger_s + hold_max_s and await hold()):
                 stats.holds += 1
+                if on_hold is not None:
+                    on_hold()
                 due_at = now + linger_s  # downstream still busy: collect for another linger
                 continue
             if (due or stopped) and pending and not await flush_and_commit():

@@ -174,10 +174,8 @@ class TelemetrySink:
             return False
         queues = [queue_name(shard) for shard in sorted(self.pending)]
         loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(self.executor, self.publisher.busy, queues):
-            self.metrics.holds.inc()
-            return True
-        return False
+        busy: bool = await loop.run_in_executor(self.executor, self.publisher.busy, queues)
+        return busy
 
     async def flush(self) -> bool:
         loop = asyncio.get_running_loop()
@@ -254,7 +252,7 @@ async def run_trigger(
         loop_stats = await run_batches(consumer, sink, stop, batch_max=settings.trigger_batch_max,
                                        linger_s=settings.trigger_linger_ms / 1000.0,
                                        on_fetched=lag_gauge(consumer, metrics.lag),
-                                       on_commit=metrics.commits.inc,
+                                       on_commit=metrics.commits.inc, on_hold=metrics.holds.inc,
                                        hold=sink.queued_ahead if settings.trigger_hold_while_queued else None,
                                        hold_max_s=settings.trigger_hold_max_ms / 1000.0)
         sink.stats.commits = loop_stats.commits

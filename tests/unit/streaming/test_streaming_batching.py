@@ -200,10 +200,11 @@ def test_hold_defers_the_linger_flush_until_downstream_is_free_but_never_past_ba
         return len(asked) <= 2
 
     linger = 0.05
+    told: list[int] = []
     stats = _run(run_batches(consumer, sink, stop, batch_max=100, linger_s=linger, commit_offsets=commits,
-                             on_commit=stop.set, hold=busy_twice))
+                             on_commit=stop.set, hold=busy_twice, on_hold=lambda: told.append(1)))
     assert sink.flushed == [[(TP0, 0), (TP0, 1)]]
-    assert len(asked) == 3 and stats.holds == 2
+    assert len(asked) == 3 and stats.holds == 2 == len(told)  # the trigger's smap_trigger_holds, counted once
     # each hold collects for another linger: the flush came after three of them, not one
     assert sink.flushed_at[0] - sink.added_at[0] >= 3 * linger
     assert commits.calls == [{TP0: 2}]
