@@ -5,7 +5,7 @@ hash() is salted per process, so it is not used).
 
 Routing is model-affine: every stream of an entity (one Triton model) goes to the same shard, so a task asks
 each of its models once with all of that model's rows. Triton's cost is mostly per request (~1 ms of CPU
-against ~0.2 ms per row here), and a task of a 1,000-stream fleet then makes 10 requests of ~12 rows on each
+against ~0.16 ms per row here), and a task of a 1,000-stream fleet then makes 10 requests of ~12 rows on each
 of two shards instead of 20 of ~6 (docs/benchmarks.md). Entities are dealt round-robin in the fleet's
 `deployed` order, which balances a constellation (every satellite flying the same entities) exactly; a
 satellite added never moves a stream, and an entity appended at the end of `deployed` moves no other. With
