@@ -23,11 +23,10 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 
-from research.explore_rules import HOLD, Ch, deployed, finish, fmt, latched, load_all
-from research.scale_free import ex_quiet_sf, ex_step_sf, model_part
+from research.explore_rules import Ch, composite, deployed, fmt, load_all
+from research.scale_free import ex_quiet_sf, ex_step_sf, rule
 from smap_shared.evaluation.metrics import ChannelMetrics, aggregate, count_metrics
 from smap_shared.evaluation.selection import cross_validate
-from smap_shared.evaluation.vectorised import onset, persist
 
 BoolArray = npt.NDArray[np.bool_]
 Variant = Callable[[Ch], BoolArray]
@@ -43,13 +42,6 @@ def quiet_any(c: Ch, windows: tuple[int, ...], pad: float, w: int) -> BoolArray:
     return out
 
 
-def sf_rule(c: Ch, factor: float, w: int, quiet: Callable[[Ch], BoolArray] | None, lam: float) -> BoolArray:
-    out = model_part(c) | finish(c, ex_step_sf(c, factor=factor, w=w), HOLD)
-    if quiet is not None:
-        out |= finish(c, onset(quiet(c)), HOLD)
-    return latched(c, out, lam) if lam > 0 else out
-
-
 def base_variants() -> dict[str, Variant]:
     """The selection grid's variants without raw-value alarms (telemanom options, persistence)."""
     out: dict[str, Variant] = {}
@@ -58,13 +50,8 @@ def base_variants() -> dict[str, Variant]:
             for h in (100, 250):
                 out[f"cap={int(cap)},or={o:g},hold={h}"] = partial(deployed, margin=o, h=h, cap=cap)
     for p in (10, 30):
-        out[f"cap=1,or=2,hold=100,persist={p}"] = partial(_persisted, k=p)
+        out[f"cap=1,or=2,hold=100,persist={p}"] = partial(composite, k_rel=p)
     return out
-
-
-def _persisted(c: Ch, k: int) -> BoolArray:
-    rel = persist(c.m > c.rel_cap, k)
-    return finish(c, rel | (c.m > 2.0 * float(c.train_max)), HOLD)
 
 
 def quiet_options(kind: str) -> dict[str, Callable[..., BoolArray] | None]:
@@ -89,7 +76,7 @@ def grid(kind: str) -> dict[str, Variant]:
                 for lam in (0.0, 1.0):
                     quiet = partial(q, w=w) if q is not None else None
                     out[f"sf,scale={w},step={f:g},quiet={qname},latch={lam:g}"] = partial(
-                        sf_rule, factor=f, w=w, quiet=quiet, lam=lam)
+                        rule, step=partial(ex_step_sf, factor=f, w=w), quiet=quiet, lam=lam)
     return out
 
 

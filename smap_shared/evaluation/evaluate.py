@@ -69,6 +69,8 @@ RULES: dict[str, Rule] = {
     DEPLOYED_RULE_NAME: DEPLOYED,
 }
 DEPLOYED_RULE = DEPLOYED_RULE_NAME
+#: The deployed rule's name in the selection grid (None if it is not a candidate).
+DEPLOYED_VARIANT = next((k for k, v in GRID.items() if v == DEPLOYED), None)
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,7 @@ def evaluate_channel(
     if selection:
         detected = grid_detections(GRID, sc.train.score, sc.train.sensor_error, data.train, sc.test.score,
                                    sc.test.sensor_error, data.test)
-        deployed_variant = next((k for k, v in GRID.items() if v == DEPLOYED), None)
-        if deployed_variant is not None and not np.array_equal(detected[deployed_variant],
+        if DEPLOYED_VARIANT is not None and not np.array_equal(detected[DEPLOYED_VARIANT],
                                                                traces[DEPLOYED_RULE].detected):
             raise AssertionError(f"{channel}: the vectorised grid disagrees with the deployed rule's own run")
         grid = {name: count_metrics(det, sc.segments) for name, det in detected.items()}  # what selection reads
@@ -181,7 +182,7 @@ def build_report(results: list[ChannelResult], args: argparse.Namespace, seconds
             {r.channel: r.grid for r in results if r.grid is not None},
             {r.channel: r.oracle for r in results if r.oracle is not None},
         )
-        selection["deployed_variant"] = next((k for k, v in GRID.items() if v == DEPLOYED), None)
+        selection["deployed_variant"] = DEPLOYED_VARIANT
     meta = Checkpoint.load(Path(args.checkpoints) / f"{results[0].channel}.ckpt").meta
     dataset = getattr(args, "dataset", "SMAP")
     return {
