@@ -17,7 +17,9 @@ A refused row raises RefusedRowError: the request applies nothing, and the calle
 
 State is written through to a store (Redis in production) before it becomes visible in memory, so a crash
 between the two can only lose a step that was never answered, and a restart resumes every stream where it
-stopped.
+stopped. A step changes few of the state's values (the GRU's 64 and a handful of the rule's ring buffers, of
+~2,250), so the Redis store journals what each step changed next to its output and writes the whole state
+only every `SNAPSHOT_EVERY` steps; a restart applies the journal to the snapshot, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import hashlib
 import json
 import logging
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -81,13 +84,43 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class StateDelta:
+    """What one step changed of a stream's state vector: the positions whose bits changed and their new values.
+    Compared as bits, so applying it reproduces the new state exactly (NaN included).
+
+    >>> before = np.zeros(5); after = before.copy(); after[[1, 3]] = [0.5, np.nan]
+    >>> d = StateDelta.between(before, after)
+    >>> d.positions.tolist()
+    [1, 3]
+    >>> s = before.copy(); d.apply(s); bool(np.array_equal(s, after, equal_nan=True))
+    True
+    """
+
+    positions: npt.NDArray[np.uint32]
+    values: Array
+
+    @classmethod
+    def between(cls, before: Array, after: Array) -> StateDelta:
+        a, b = np.ascontiguousarray(before, dtype=np.float64), np.ascontiguousarray(after, dtype=np.float64)
+        if a.shape != b.shape:
+            raise ValueError(f"states of shapes {a.shape} and {b.shape} have no delta")
+        changed = np.flatnonzero(a.reshape(-1).view(np.int64) != b.reshape(-1).view(np.int64))
+        return cls(changed.astype(np.uint32), b.reshape(-1)[changed])
+
+    def apply(self, state: Array) -> None:
+        """In place, on a flat state vector."""
+        state[self.positions] = self.values
+
+
+@dataclass(frozen=True)
 class StreamUpdate:
-    """What one request changed of one stream: its final state, and the outputs it recorded (index order).
-    `restarted`: the stream started over inside the request, so the stored history is replaced, not extended."""
+    """What one request changed of one stream: its final state, and the outputs it recorded (index order),
+    each with what its step changed of the state. `restarted`: the stream started over inside the request, so
+    the stored history is replaced, not extended."""
 
     stream_id: str
     state: StreamState
-    outputs: list[tuple[int, StepOutput]]
+    outputs: list[tuple[int, StepOutput, StateDelta]]
     restarted: bool = False
 
 
@@ -106,36 +139,61 @@ class NullStore:
         return None
 
 
-#: A history entry in the store: magic, index, score, threshold, signal, cause, detected, n, then the
-#: reconstruction and error (float64 x n each) and the input digest (ASCII). Binary: json.dumps of the 2 x n
-#: floats cost ~40 us per step, this ~2 us. Entries written as JSON by earlier versions still decode.
-_ENTRY = struct.Struct("<2sqdddq?I")
-_MAGIC = b"H1"
+#: A history entry in the store: magic, index, score, threshold, signal, cause, detected, n, k, then the
+#: reconstruction and error (float64 x n each), the step's state delta (k uint32 positions, k float64 values)
+#: and the input digest (ASCII). Binary: json.dumps of the 2 x n floats cost ~40 us per step, this ~2 us.
+#: Entries of earlier versions still decode: H1 (no delta) and JSON.
+_ENTRY = struct.Struct("<2sqdddq?II")
+_MAGIC = b"H2"
+_ENTRY_V1 = struct.Struct("<2sqdddq?I")
+_MAGIC_V1 = b"H1"
+_NO_DELTA = 0xFFFFFFFF  # k of an entry journaled without a delta
 
 
-def encode_output(index: int, out: StepOutput) -> bytes:
+def encode_output(index: int, out: StepOutput, delta: StateDelta | None = None) -> bytes:
     n = out.reconstruction.shape[0]
-    return b"".join((
+    k = _NO_DELTA if delta is None else delta.positions.size
+    parts = [
         _ENTRY.pack(_MAGIC, index, out.anomaly_score, out.threshold, out.detector_signal, out.alarm_cause,
-                    out.anomaly_detected, n),
+                    out.anomaly_detected, n, k),
         np.ascontiguousarray(out.reconstruction, dtype="<f8").tobytes(),
         np.ascontiguousarray(out.sensor_error, dtype="<f8").tobytes(),
-        out.input_digest.encode("ascii"),
-    ))
+    ]
+    if delta is not None:
+        parts += (np.ascontiguousarray(delta.positions, dtype="<u4").tobytes(),
+                  np.ascontiguousarray(delta.values, dtype="<f8").tobytes())
+    parts.append(out.input_digest.encode("ascii"))
+    return b"".join(parts)
 
 
 def decode_output(raw: str | bytes) -> tuple[int, StepOutput]:
+    index, out, _ = decode_entry(raw)
+    return index, out
+
+
+def decode_entry(raw: str | bytes) -> tuple[int, StepOutput, StateDelta | None]:
+    """A history entry: its index, output and, where it was journaled with one, its step's state delta."""
     data = raw.encode() if isinstance(raw, str) else raw
-    if data[:2] == _MAGIC:
-        _, index, score, threshold, signal, cause, detected, n = _ENTRY.unpack_from(data)
-        at = _ENTRY.size
+    if data[:2] in (_MAGIC, _MAGIC_V1):
+        delta: StateDelta | None = None
+        if data[:2] == _MAGIC:
+            _, index, score, threshold, signal, cause, detected, n, k = _ENTRY.unpack_from(data)
+            at = _ENTRY.size
+        else:
+            _, index, score, threshold, signal, cause, detected, n = _ENTRY_V1.unpack_from(data)
+            at, k = _ENTRY_V1.size, _NO_DELTA
         recon = np.frombuffer(data, dtype="<f8", count=n, offset=at).astype(np.float64)
         err = np.frombuffer(data, dtype="<f8", count=n, offset=at + 8 * n).astype(np.float64)
+        at += 16 * n
+        if k != _NO_DELTA:
+            delta = StateDelta(np.frombuffer(data, dtype="<u4", count=k, offset=at).astype(np.uint32),
+                               np.frombuffer(data, dtype="<f8", count=k, offset=at + 4 * k).astype(np.float64))
+            at += 12 * k
         return int(index), StepOutput(
             reconstruction=recon, sensor_error=err, anomaly_score=float(score), anomaly_detected=bool(detected),
             threshold=float(threshold), detector_signal=float(signal), alarm_cause=int(cause),
-            input_digest=data[at + 16 * n :].decode("ascii"),
-        )
+            input_digest=data[at:].decode("ascii"),
+        ), delta
     d = json.loads(data)
     out = StepOutput(
         reconstruction=np.asarray(d["r"], dtype=np.float64), sensor_error=np.asarray(d["e"], dtype=np.float64),
@@ -143,7 +201,7 @@ def decode_output(raw: str | bytes) -> tuple[int, StepOutput]:
         detector_signal=float(d.get("g", "nan")),  # absent in history written before the output existed
         alarm_cause=int(d.get("c", 0)), input_digest=str(d.get("x", "")),
     )
-    return int(d["i"]), out
+    return int(d["i"]), out, None
 
 
 class StreamRegistry:
@@ -212,7 +270,7 @@ class StreamRegistry:
         for pos, sid in enumerate(sids):
             positions.setdefault(sid, []).append(pos)
         work = {sid: self.state(sid) for sid in positions}
-        recorded: dict[str, list[tuple[int, StepOutput]]] = {}
+        recorded: dict[str, list[tuple[int, StepOutput, StateDelta]]] = {}
         restarted: set[str] = set()
         own_history: set[str] = set()  # streams whose history dict is this request's copy
         results: list[StepResult | None] = [None] * x.shape[0]
@@ -281,7 +339,7 @@ class StreamRegistry:
                     history[index] = out
                     while len(history) > self.history:
                         del history[next(iter(history))]
-                    recorded.setdefault(sid, []).append((index, out))
+                    recorded.setdefault(sid, []).append((index, out, StateDelta.between(st.hidden, hidden)))
                 work[sid] = StreamState(
                     hidden=hidden, last_index=index if index is not None else st.last_index,
                     steps=st.steps + 1, gaps=st.gaps + gap, resets=st.resets, history=history,
@@ -291,9 +349,12 @@ class StreamRegistry:
                     log.warning("stream %s: gap of %d indices before %s", sid, gap, index)
                 results[pos] = StepResult(out, duplicate=False, gap=gap)
         changed = [sid for sid in positions if sid in own_history]
-        # Write through first: if the store fails, nothing changed and the caller's retry recomputes.
+        # Write through first: if the store fails, nothing changed and the caller's retry recomputes. A stream
+        # new to this registry starts from the initial state: for the store too (whatever it held is replaced).
         self.store.save_many([
-            StreamUpdate(sid, work[sid], recorded.get(sid, []), restarted=sid in restarted) for sid in changed
+            StreamUpdate(sid, work[sid], recorded.get(sid, []),
+                         restarted=sid in restarted or sid not in self.streams)
+            for sid in changed
         ])
         for sid in changed:
             self.streams[sid] = work[sid]
@@ -301,10 +362,37 @@ class StreamRegistry:
 
 
 TRIM_EVERY = 32  # RedisStateStore: steps between two trims of a stream's output list
+#: RedisStateStore: the whole state is written at most this many steps apart (at most half the history, so
+#: the journal since the last snapshot is always in the output list); the steps between journal deltas only.
+SNAPSHOT_EVERY = 64
+
+#: RedisStateStore.save_many in one command: a script runs atomically, and one command with one reply costs the
+#: client far less than a MULTI/EXEC pipeline's command and QUEUED reply per stream (redis-py parses each).
+#: ARGV: history, then per stream (KEYS: its state key, its list key): flags (1 restarted: drop the list,
+#: 2 trim the list, 4 a snapshot follows), the number of new outputs, the outputs, the snapshot if flagged.
+_SAVE_SCRIPT = """
+local history = tonumber(ARGV[1])
+local a = 2
+for j = 1, #KEYS, 2 do
+  local flags, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  if flags % 2 == 1 then redis.call('DEL', KEYS[j + 1]) end
+  if n > 0 then redis.call('RPUSH', KEYS[j + 1], unpack(ARGV, a, a + n - 1)) end
+  a = a + n
+  if math.floor(flags / 2) % 2 == 1 then redis.call('LTRIM', KEYS[j + 1], -history, -1) end
+  if math.floor(flags / 4) % 2 == 1 then
+    redis.call('SET', KEYS[j], ARGV[a])
+    a = a + 1
+  end
+end
+return #KEYS / 2
+"""
 
 
 class RedisStateStore:
-    """One Redis value per stream (hidden state, counters) and a capped list of its recent outputs."""
+    """One Redis value per stream (a snapshot of its state and counters) and a capped list of its recent
+    outputs, each with what its step changed of the state. The state is ~18 KB (the rule's ring buffers),
+    a step changes ~70 of its ~2,250 values: writing the whole state every step was most of a row's cost."""
 
     def __init__(self, url: str, model: str, history: int = STATE_HISTORY) -> None:
         import redis
@@ -312,6 +400,11 @@ class RedisStateStore:
         self.r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.prefix = f"smap:state:{model}:"
         self.history = history
+        self.snapshot_every = max(1, min(SNAPSHOT_EVERY, history // 2))
+        # Per stream, the steps its stored state holds (snapshot + journal); a stream not here has no stored
+        # state this process wrote or read, and gets a snapshot at its next write.
+        self._stored_steps: dict[str, int] = {}
+        self._save = self.r.register_script(_SAVE_SCRIPT)
 
     def _keys(self, stream_id: str) -> tuple[str, str]:
         return self.prefix + stream_id, self.prefix + stream_id + ":hist"
@@ -336,23 +429,56 @@ class RedisStateStore:
             run_id=h["run_id"], past_runs=tuple(h["past_runs"]),
         )
 
+    def _needs_snapshot(self, u: StreamUpdate) -> bool:
+        """Whole state now? When the stream has no snapshot of ours, started over, stepped without an index
+        (a step with no journal entry), or crossed its next snapshot step. The crossings are offset per stream
+        (by its id) so a fleet's streams do not all write their whole state in the same second."""
+        stored = self._stored_steps.get(u.stream_id)
+        if u.restarted or stored is None or u.state.steps - stored != len(u.outputs):
+            return True
+        phase = zlib.crc32(u.stream_id.encode()) % self.snapshot_every
+        return (u.state.steps + phase) // self.snapshot_every != (stored + phase) // self.snapshot_every
+
     def save_many(self, updates: list[StreamUpdate]) -> None:
-        """One MULTI/EXEC pipeline for the whole request: every stream's state and new outputs, or nothing."""
+        """One MULTI/EXEC pipeline for the whole request: every stream's new outputs with their state deltas,
+        and the whole state of the streams due a snapshot, or nothing."""
         if not updates:
             return
+        snapshots = [u for u in updates if self._needs_snapshot(u)]
         pipe = self.r.pipeline(transaction=True)
-        pipe.mset({self._keys(u.stream_id)[0]: self.encode_state(u.state) for u in updates})
+        if snapshots:
+            pipe.mset({self._keys(u.stream_id)[0]: self.encode_state(u.state) for u in snapshots})
         for u in updates:
             hist = self._keys(u.stream_id)[1]
             if u.restarted:
                 pipe.delete(hist)  # the previous run's outputs must never answer this run's indices
             if u.outputs:
-                pipe.rpush(hist, *(encode_output(i, o) for i, o in u.outputs[-self.history:]))
+                pipe.rpush(hist, *(encode_output(i, o, d) for i, o, d in u.outputs[-self.history:]))
                 # Trimmed every TRIM_EVERY steps, not every step (one command less per row): the list holds
                 # at most history + TRIM_EVERY + one request's rows, and load_all reads its last `history`.
                 if u.restarted or (u.state.steps - len(u.outputs)) // TRIM_EVERY != u.state.steps // TRIM_EVERY:
                     pipe.ltrim(hist, -self.history, -1)
         pipe.execute()
+        for u in updates:
+            self._stored_steps[u.stream_id] = u.state.steps
+
+    def _replay(self, sid: str, state: StreamState, entries: list[tuple[int, StepOutput, StateDelta | None]]
+                ) -> StreamState | None:
+        """The snapshot with the journal of every entry after it applied, in order (the list holds one run, in
+        the order its steps were applied: indices increase); None if a step after the snapshot has no delta."""
+        hidden = state.hidden.copy()
+        last, steps, gaps = state.last_index, state.steps, state.gaps
+        for index, _, delta in entries:
+            if last is not None and index <= last:
+                continue
+            if delta is None or (delta.positions.size and int(delta.positions.max()) >= hidden.size):
+                log.error("stream %s: output %d came after the stored state and carries no state delta that "
+                          "fits it: the stream starts over", sid, index)
+                return None
+            delta.apply(hidden)
+            gaps += 0 if last is None else index - last - 1
+            last, steps = index, steps + 1
+        return replace(state, hidden=hidden, last_index=last, steps=steps, gaps=gaps)
 
     def _legacy_state(self, key: str, history: dict[int, StepOutput]) -> StreamState:
         """A state stored by an earlier version (one Redis hash per stream)."""
@@ -373,16 +499,19 @@ class RedisStateStore:
             key = raw_key.decode()
             if key.endswith(":hist"):
                 continue
-            history: dict[int, StepOutput] = {}
-            for item in self.r.lrange(key + ":hist", -self.history, -1):
-                i, o = decode_output(item)
-                history[i] = o
+            sid = key[len(self.prefix):]
+            entries = [decode_entry(item) for item in self.r.lrange(key + ":hist", -self.history, -1)]
+            history = {i: o for i, o, _ in entries}
             if self.r.type(key) == b"hash":
                 state = self._legacy_state(key, history)
             else:
                 raw: bytes = self.r.get(key)  # type: ignore[assignment]
                 state = self.decode_state(raw, history)
-            out[key[len(self.prefix):]] = state
+            replayed = self._replay(sid, state, entries)
+            if replayed is None:
+                continue
+            out[sid] = replayed
+            self._stored_steps[sid] = replayed.steps
         return out
 
     def clear(self) -> None:
