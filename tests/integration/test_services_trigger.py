@@ -25,7 +25,7 @@ from smap_shared.fleet import load_fleet
 from smap_shared.routing import BATCH_TASK_NAME, ShardMap, queue_name
 from smap_shared.schemas import DeadLetter, InferenceBatch, InferenceTask, TelemetryMessage, sensor_keys, utc_now
 from smap_shared.settings import TriggerSettings
-from smap_shared.streaming.celery_app import ShardBusy, make_celery_app, shard_queues
+from smap_shared.streaming.celery_app import TASK_CONTENT_TYPE, ShardBusy, make_celery_app, shard_queues
 from smap_shared.streaming.metrics import trigger_metrics
 from smap_shared.streaming.trigger import CeleryPublisher, TriggerStats, run_trigger
 from smap_shared.streaming.validation import MAX_TELEMETRY_BYTES
@@ -69,7 +69,7 @@ def _drain_queues(broker_url: str) -> dict[str, list[InferenceBatch]]:
             got = out.setdefault(name, [])
             while (msg := channel.basic_get(name, no_ack=True)) is not None:
                 assert msg.headers["task"] == BATCH_TASK_NAME
-                assert msg.content_type == "application/json"
+                assert msg.content_type == TASK_CONTENT_TYPE  # msgspec's JSON, plain JSON on the wire:
                 args, kwargs, _embed = json.loads(msg.body)  # protocol 2: [args, kwargs, embed]
                 assert args == [] and list(kwargs) == ["frames"]
                 got.append(InferenceBatch.model_validate(kwargs))

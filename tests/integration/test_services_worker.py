@@ -395,7 +395,8 @@ def test_worker_runs_batches_in_order_and_retries_in_place_through_an_outage(
         publisher.publish(b4, q)
         publisher.publish(b5, q)
         one = _frame("SAT-003", "D-1", 8)
-        publisher.app.send_task(TASK_NAME, kwargs=one.model_dump(mode="json"), queue=q)  # the one-frame task
+        # the one-frame task, sent as a user's own Celery client would (kombu's json; batches go as smap-json)
+        publisher.app.send_task(TASK_NAME, kwargs=one.model_dump(mode="json"), queue=q, serializer="json")
         _wait(lambda: len(triton.unavailable_calls()) >= 2, 15, "the first D-1 requests answered 503")
         started = triton.unavailable_calls()[0].at
         time.sleep(OUTAGE_S / 3)

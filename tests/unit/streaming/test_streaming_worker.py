@@ -532,3 +532,28 @@ def test_loop_thread_runs_coroutines() -> None:
     finally:
         loop.close()
     loop.close()  # closing twice is harmless
+
+
+@pytest.mark.parametrize("signal", [2.75, float("nan"), float("inf")])
+def test_a_result_built_without_validation_is_the_validated_one_and_encodes_the_same(signal: float) -> None:
+    """build_result skips pydantic's validation and InferenceResult.to_json its serializer (the hot path):
+    both must give exactly what the validated model and model_dump_json give, for every field."""
+    from datetime import UTC, datetime
+
+    task = InferenceTask(satellite_id="SAT-007", entity="A-1", sensor_values=[0.25, -1.0, 3e-9], index=41,
+                         timestamp=datetime(2026, 12, 7, 23, 0, 0, 500, tzinfo=UTC),
+                         ground_truth_labels={"sensor_0": 1}, run_id="r1")
+    outputs = ModelOutputs(
+        reconstruction=np.array([0.5, np.float64(1) / 3, -2.0]), anomaly_score=0.125,
+        anomaly_detected=True, sensor_error=np.array([1e-300, 0.0, 7.5]), threshold=3.25,
+        detector_signal=signal, alarm_cause=5, duplicate=False, gap=2,
+    )
+    built = w.build_result(task, outputs, 12.5)
+    validated = InferenceResult.model_validate(built.model_dump())
+    assert built == validated
+    assert {k: type(v) for k, v in built.__dict__.items()} == {k: type(v) for k, v in validated.__dict__.items()}
+    import json
+
+    assert json.loads(built.to_json()) == json.loads(validated.model_dump_json())
+    assert InferenceResult.model_validate_json(built.to_json()) == validated
+    assert set(json.loads(built.to_json())) == set(InferenceResult.model_fields)  # no field left out
