@@ -1,0 +1,39 @@
+"""research.selection_rules: each rule picks on the selecting families only, and the nested protocol never
+lets the family it scores reach the choice of the rule or of the variant."""
+
+from __future__ import annotations
+
+from research.selection_rules import lofo, macro, nested, pooled, robust
+from smap_shared.evaluation.metrics import ChannelMetrics, Counts
+
+
+def m(tp: int, fp: int, fn: int) -> ChannelMetrics:
+    return ChannelMetrics(event=Counts(tp, fp, fn), point=Counts(tp, fp, fn), pa_k=[], auprc=float("nan"),
+                          roc_auc=float("nan"), delays=[], n_rows=100, n_segments=tp + fn)
+
+
+def grid() -> dict[str, dict[str, ChannelMetrics]]:
+    """'safe' is decent everywhere; 'planted' is perfect on family Z only and useless elsewhere."""
+    out = {f"{f}-{i}": {"safe": m(1, 1, 0), "planted": m(0, 5, 1)} for f in "ABCD" for i in (1, 2)}
+    out |= {f"Z-{i}": {"safe": m(1, 1, 0), "planted": m(1, 0, 0)} for i in (1, 2)}
+    return out
+
+
+def test_no_rule_picks_what_only_the_held_out_family_favours() -> None:
+    per = grid()
+    families = ["A", "B", "C", "D", "Z"]
+    for sel in (pooled, macro, robust):
+        held, picks = lofo(per, families, sel)
+        assert picks["Z"] == "safe"  # Z's labels never reach the choice that scores Z
+    held, rules = nested(per, families)
+    assert held.event.tp == 10 and held.event.fp == 10  # 'safe' everywhere
+    assert set(rules) == set(families)
+
+
+def test_robust_drops_a_variant_whose_edge_rests_on_one_family() -> None:
+    per = grid()
+    # pooled over A..D and Z, 'planted' wins only through Z's counts when Z weighs enough: make it so
+    per |= {f"Z-{i}": {"safe": m(0, 3, 1), "planted": m(4, 0, 0)} for i in range(3, 9)}
+    families = ["A", "B", "C", "D", "Z"]
+    assert pooled(per, families) == "planted"
+    assert robust(per, families) == "safe"
