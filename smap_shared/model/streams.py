@@ -441,24 +441,39 @@ class RedisStateStore:
 
     def save_many(self, updates: list[StreamUpdate]) -> None:
         """One MULTI/EXEC pipeline for the whole request: every stream's new outputs with their state deltas,
-        and the whole state of the streams due a snapshot, or nothing."""
+        and the whole state of the streams due a snapshot, or nothing.
+
+        A journal only extends a snapshot that is still there: Redis keeps nothing on disk here, so a Redis
+        restart (or anyone deleting the keys) loses them while the model runs on. A stream's output list is
+        never empty once written, so an RPUSH that answers with just the entries it pushed means the stored
+        state was lost: the whole state is written at once (a second round trip, only then)."""
         if not updates:
             return
-        snapshots = [u for u in updates if self._needs_snapshot(u)]
+        snapshot = {u.stream_id for u in updates if self._needs_snapshot(u)}
         pipe = self.r.pipeline(transaction=True)
-        if snapshots:
-            pipe.mset({self._keys(u.stream_id)[0]: self.encode_state(u.state) for u in snapshots})
+        if snapshot:
+            pipe.mset({self._keys(u.stream_id)[0]: self.encode_state(u.state) for u in updates
+                       if u.stream_id in snapshot})
+        journaled: list[tuple[int, StreamUpdate, int]] = []  # (reply position, update, entries pushed)
         for u in updates:
             hist = self._keys(u.stream_id)[1]
             if u.restarted:
                 pipe.delete(hist)  # the previous run's outputs must never answer this run's indices
             if u.outputs:
-                pipe.rpush(hist, *(encode_output(i, o, d) for i, o, d in u.outputs[-self.history:]))
+                pushed = u.outputs[-self.history:]
+                if u.stream_id not in snapshot:
+                    journaled.append((len(pipe), u, len(pushed)))
+                pipe.rpush(hist, *(encode_output(i, o, d) for i, o, d in pushed))
                 # Trimmed every TRIM_EVERY steps, not every step (one command less per row): the list holds
                 # at most history + TRIM_EVERY + one request's rows, and load_all reads its last `history`.
                 if u.restarted or (u.state.steps - len(u.outputs)) // TRIM_EVERY != u.state.steps // TRIM_EVERY:
                     pipe.ltrim(hist, -self.history, -1)
-        pipe.execute()
+        replies = pipe.execute()
+        lost = [u for at, u, n in journaled if replies[at] == n]
+        if lost:
+            log.warning("the stored state of %d stream(s) was gone (Redis restarted or the keys were deleted): "
+                        "writing it whole again", len(lost))
+            self.r.mset({self._keys(u.stream_id)[0]: self.encode_state(u.state) for u in lost})
         for u in updates:
             self._stored_steps[u.stream_id] = u.state.steps
 

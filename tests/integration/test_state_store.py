@@ -140,3 +140,28 @@ def test_an_output_after_the_snapshot_without_its_delta_starts_the_stream_over(
         assert "s" not in StreamRegistry(scorer, RedisStateStore(REDIS_URL, model)).streams
     finally:
         store.clear()
+
+
+def test_a_state_lost_by_redis_is_written_whole_again_at_the_next_step(a1_ckpt: Checkpoint,
+                                                                        source: VendoredSource) -> None:
+    """Redis keeps nothing on disk: a Redis restart loses every snapshot while the model runs on. The next
+    step notices (its list starts over) and writes the whole state, so a model restart after it still
+    resumes exactly."""
+    model = f"smap_test_{uuid.uuid4().hex[:8]}"
+    store = RedisStateStore(REDIS_URL, model)
+    try:
+        seq = source.load("A-1").test[:12]
+        live = StreamRegistry(Scorer(a1_ckpt), store)
+        live.step_many(seq[:5], ["s"] * 5, list(range(5)))
+        live.step(seq[5], "s", 5)  # journaled only (not a snapshot step)
+        stored = RedisStateStore.decode_state(store.r.get(store._keys("s")[0]), {})  # type: ignore[arg-type]
+        assert stored.steps == 5  # the snapshot is older than the live state: the journal carries it
+        store.clear()  # what a Redis restart does
+        live.step(seq[6], "s", 6)
+        again = StreamRegistry(Scorer(a1_ckpt), RedisStateStore(REDIS_URL, model))
+        assert again.streams["s"].hidden.tobytes() == live.streams["s"].hidden.tobytes()
+        assert again.streams["s"].last_index == 6
+        nxt = again.step(seq[7], "s", 7).output.anomaly_score
+        assert nxt == live.step(seq[7], "s", 7).output.anomaly_score
+    finally:
+        store.clear()
