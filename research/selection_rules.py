@@ -5,7 +5,10 @@ families (`pooled`). Two other rules, declared before looking at what they give:
 - `macro`: the mean over the selecting families of each family's event F1 + point-wise F1 (a variant that
   ruins one family is not outvoted by the others' counts);
 - `robust`: the pooled objective in the worst case with one more selecting family left out (a variant whose
-  edge rests on one family loses it).
+  edge rests on one family loses it);
+- `marginal`: each option (scale window, step factor, quiet window and pad, latch, ...) set on its own, to
+  the value with the best pooled objective averaged over every variant that has it, then the variant with
+  those values (the most of them, where the grid has no exact match): less variance than one joint argmax.
 And `nested`: for each family held out, the rule itself is chosen by an inner leave-one-family-out over the
 other nine, then applied to them; the family left out reaches no choice, the rule's included.
 
@@ -55,7 +58,31 @@ def robust(per: Grid, families: Sequence[str]) -> str:
     return max(_variants(per), key=worst)
 
 
-SELECTORS: dict[str, Selector] = {"pooled": pooled, "macro": macro, "robust": robust}
+def options(variant: str) -> dict[str, str]:
+    """A grid variant's options by name.
+
+    >>> options("cap=1,or=2,hold=100,quiet=50/0.15")
+    {'cap': '1', 'or': '2', 'hold': '100', 'quiet': '50/0.15'}
+    """
+    return dict(part.split("=", 1) for part in variant.split(","))
+
+
+def marginal(per: Grid, families: Sequence[str]) -> str:
+    chans = _of(per, families)
+    variants = _variants(per)
+    score = {k: _objective(per, chans, k) for k in variants}
+    opts = {k: options(k) for k in variants}
+    dims = sorted({d for o in opts.values() for d in o})
+    chosen: dict[str, str] = {}
+    for d in dims:
+        by_value: dict[str, list[float]] = {}
+        for k, o in opts.items():
+            by_value.setdefault(o.get(d, "-"), []).append(score[k])
+        chosen[d] = max(by_value, key=lambda v: sum(by_value[v]) / len(by_value[v]))
+    return max(variants, key=lambda k: (sum(opts[k].get(d, "-") == v for d, v in chosen.items()), score[k]))
+
+
+SELECTORS: dict[str, Selector] = {"pooled": pooled, "macro": macro, "robust": robust, "marginal": marginal}
 
 
 def lofo(per: Grid, families: Sequence[str], select: Selector) -> tuple[ChannelMetrics, dict[str, str]]:
