@@ -43,6 +43,7 @@ from smap_shared.evaluation.selection import GRID, oracle_counts, selection_repo
 from smap_shared.evaluation.vectorised import grid_detections
 from smap_shared.model.rules import (
     ALARM_CAUSES,
+    DEADBAND_RULE,
     DEPLOYED_RULE_NAME,
     HYBRID_RULE,
     LATCH_RULE,
@@ -66,6 +67,7 @@ RULES: dict[str, Rule] = {
     "causal_ndt_quiet": QUIET_RULE,  # deployed before causal_ndt_latch
     "causal_ndt_latch": LATCH_RULE,  # deployed before causal_ndt_scale_free
     "causal_ndt_scale_free": SCALE_FREE_RULE,  # deployed before causal_ndt_deadband
+    "causal_ndt_deadband": DEADBAND_RULE,  # deployed before causal_ndt_nested
     DEPLOYED_RULE_NAME: DEPLOYED,
 }
 DEPLOYED_RULE = DEPLOYED_RULE_NAME

@@ -564,12 +564,14 @@ LATCH_RULE = replace(QUIET_RULE, latch=1.0)
 #: Deployed until causal_ndt_deadband replaced it: the latch rule with both raw-value alarms scale-free over
 #: 700 steps, a step over 2 x the train split's largest step ratio and a quiet pad of 0.15.
 SCALE_FREE_RULE = replace(LATCH_RULE, scale_window=700, step_factor=2.0, quiet_pad=0.15)
-#: The rule the deployed models use: the variant that leave-one-family-out selection picks with every
-#: family (smap_shared.evaluation.selection.GRID; the report's "How the deployed rule was chosen"):
-#: SCALE_FREE_RULE with the quiet alarm's deadband (the grid's quiet alarms all have it; window 50 and pad
-#: 0.15 are now the procedure's picks among 20/50/100 and 0.15/0.25/0.35).
-DEPLOYED_RULE_NAME = "causal_ndt_deadband"
-DEPLOYED_RULE = replace(SCALE_FREE_RULE, quiet_deadband=True)
+#: Deployed until causal_ndt_nested replaced it: SCALE_FREE_RULE with the quiet alarm's deadband.
+DEADBAND_RULE = replace(SCALE_FREE_RULE, quiet_deadband=True)
+#: The rule the deployed models use: the variant the selection procedure picks with every family
+#: (smap_shared.evaluation.selection.choose over GRID; the report's "How the deployed rule was chosen"): its
+#: rule `marginal` sets each option to its value best on average over the others, which gives DEADBAND_RULE
+#: with the scale-free alarms' range over 2,100 steps (telemanom's error window) instead of 700.
+DEPLOYED_RULE_NAME = "causal_ndt_nested"
+DEPLOYED_RULE = replace(DEADBAND_RULE, scale_window=2100)
 #: Parameters a rule's `fit` sets from the train split (the others are its settings).
 FITTED_RULE_FIELDS = frozenset({"train_max", "train_max_step", "train_quiet_min", "train_quiet_max", "initial",
                                 "threshold", "method"})
