@@ -366,28 +366,6 @@ TRIM_EVERY = 32  # RedisStateStore: steps between two trims of a stream's output
 #: the journal since the last snapshot is always in the output list); the steps between journal deltas only.
 SNAPSHOT_EVERY = 64
 
-#: RedisStateStore.save_many in one command: a script runs atomically, and one command with one reply costs the
-#: client far less than a MULTI/EXEC pipeline's command and QUEUED reply per stream (redis-py parses each).
-#: ARGV: history, then per stream (KEYS: its state key, its list key): flags (1 restarted: drop the list,
-#: 2 trim the list, 4 a snapshot follows), the number of new outputs, the outputs, the snapshot if flagged.
-_SAVE_SCRIPT = """
-local history = tonumber(ARGV[1])
-local a = 2
-for j = 1, #KEYS, 2 do
-  local flags, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  a = a + 2
-  if flags % 2 == 1 then redis.call('DEL', KEYS[j + 1]) end
-  if n > 0 then redis.call('RPUSH', KEYS[j + 1], unpack(ARGV, a, a + n - 1)) end
-  a = a + n
-  if math.floor(flags / 2) % 2 == 1 then redis.call('LTRIM', KEYS[j + 1], -history, -1) end
-  if math.floor(flags / 4) % 2 == 1 then
-    redis.call('SET', KEYS[j], ARGV[a])
-    a = a + 1
-  end
-end
-return #KEYS / 2
-"""
-
 
 class RedisStateStore:
     """One Redis value per stream (a snapshot of its state and counters) and a capped list of its recent
@@ -404,7 +382,6 @@ class RedisStateStore:
         # Per stream, the steps its stored state holds (snapshot + journal); a stream not here has no stored
         # state this process wrote or read, and gets a snapshot at its next write.
         self._stored_steps: dict[str, int] = {}
-        self._save = self.r.register_script(_SAVE_SCRIPT)
 
     def _keys(self, stream_id: str) -> tuple[str, str]:
         return self.prefix + stream_id, self.prefix + stream_id + ":hist"
