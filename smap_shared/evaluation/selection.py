@@ -167,11 +167,9 @@ def _groups(per: Grid, group: Callable[[str], str]) -> dict[str, list[str]]:
     return groups
 
 
-def cross_validate(per_channel: Grid, group: Callable[[str], str] = family, select: Selector = pooled,
-                   rule: str = "pooled") -> tuple[list[Fold], ChannelMetrics]:
-    """Leave-one-group-out selection over the variants (default: one fold per channel family): each group
-    is scored with the variant `select` chooses on all the others; returns the folds and the summed held-out
-    metrics."""
+def _leave_one_group_out(per_channel: Grid, group: Callable[[str], str],
+                         pick: Callable[[Grid, Groups], tuple[str, str]]) -> tuple[list[Fold], ChannelMetrics]:
+    """Each group scored with the (rule, variant) `pick` returns from the other groups' channels alone."""
     groups = _groups(per_channel, group)
     if len(groups) < 2:
         raise ValueError("leave-one-group-out selection needs channels of at least two groups")
@@ -179,10 +177,19 @@ def cross_validate(per_channel: Grid, group: Callable[[str], str] = family, sele
     held: list[ChannelMetrics] = []
     for name, ev in groups.items():
         others = {g: cs for g, cs in groups.items() if g != name}  # nothing of the held-out group
-        best = select(per_channel, others)
-        folds.append(Fold(name, [c for cs in others.values() for c in cs], ev, best, rule))
+        select_on = [c for cs in others.values() for c in cs]
+        rule, best = pick({c: per_channel[c] for c in select_on}, others)
+        folds.append(Fold(name, select_on, ev, best, rule))
         held += [per_channel[c][best] for c in ev]
     return folds, aggregate(held)
+
+
+def cross_validate(per_channel: Grid, group: Callable[[str], str] = family, select: Selector = pooled,
+                   rule: str = "pooled") -> tuple[list[Fold], ChannelMetrics]:
+    """Leave-one-group-out selection over the variants (default: one fold per channel family): each group
+    is scored with the variant `select` chooses on all the others; returns the folds and the summed held-out
+    metrics."""
+    return _leave_one_group_out(per_channel, group, lambda rest, others: (rule, select(rest, others)))
 
 
 def choose(per_channel: Grid, group: Callable[[str], str] = family,
@@ -202,17 +209,7 @@ def nested_cross_validate(per_channel: Grid, group: Callable[[str], str] = famil
                           selectors: Mapping[str, Selector] = SELECTORS) -> tuple[list[Fold], ChannelMetrics]:
     """Leave-one-group-out over the whole procedure (`choose`): for each group, the selection rule and the
     variant are chosen on the other groups' channels only, and the group is scored with that variant."""
-    groups = _groups(per_channel, group)
-    if len(groups) < 2:
-        raise ValueError("leave-one-group-out selection needs channels of at least two groups")
-    folds: list[Fold] = []
-    held: list[ChannelMetrics] = []
-    for name, ev in groups.items():
-        rest = {c: m for c, m in per_channel.items() if group(c) != name}
-        rule, best = choose(rest, group, selectors)
-        folds.append(Fold(name, list(rest), ev, best, rule))
-        held += [per_channel[c][best] for c in ev]
-    return folds, aggregate(held)
+    return _leave_one_group_out(per_channel, group, lambda rest, _: choose(rest, group, selectors))
 
 
 def oracle_counts(signal: Array, segments: Sequence[tuple[int, int]], skip: int) -> tuple[Counts, Counts]:
