@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from research.grids import add_args, fmt, per_channel
 from smap_shared.evaluation.metrics import ChannelMetrics, aggregate, count_metrics
 from smap_shared.evaluation.selection import GRID, cross_validate, family
 from smap_shared.model.numpy_net import N_HIDDEN, N_LAYERS
@@ -118,10 +118,6 @@ def channel_grid(channel: str, ckpt_dir: str, cache_dir: str | None) -> tuple[st
     return channel, out
 
 
-def fmt(m: ChannelMetrics) -> str:
-    return (f"{m.event.tp}/{m.event.fp}/{m.event.fn}  event F1 {m.event.f1:.3f}  point F1 {m.point.f1:.3f}")
-
-
 def report(per: Mapping[str, Mapping[str, ChannelMetrics]]) -> dict[str, object]:
     names = list(next(iter(per.values())))
     total = {k: aggregate([per[c][k] for c in per]) for k in names}
@@ -148,22 +144,10 @@ def report(per: Mapping[str, Mapping[str, ChannelMetrics]]) -> dict[str, object]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoints", default="checkpoints")
-    ap.add_argument("--cache", default=None, help="the evaluation's --score-cache folder")
-    ap.add_argument("--jobs", type=int, default=2)
+    add_args(ap)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    from tqdm import tqdm
-
-    from smap_shared.data import default_source
-
-    channels = default_source(None).channels()
-    per: dict[str, dict[str, ChannelMetrics]] = {}
-    with ProcessPoolExecutor(args.jobs) as pool:
-        jobs = pool.map(channel_grid, channels, [args.checkpoints] * len(channels), [args.cache] * len(channels))
-        for ch, grid in tqdm(jobs, total=len(channels), desc="channels", unit="channel"):
-            per[ch] = grid
-    out = report(per)
+    out = report(per_channel(channel_grid, args))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 

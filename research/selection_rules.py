@@ -16,14 +16,10 @@ what the nested procedure gives. The rules, in the order they were tried:
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ProcessPoolExecutor
 
+from research.grids import add_args, fmt, per_channel
 from smap_shared.evaluation.metrics import ChannelMetrics
 from smap_shared.evaluation.selection import SELECTORS, cross_validate, family, nested_cross_validate
-
-
-def fmt(m: ChannelMetrics) -> str:
-    return f"{m.event.tp}/{m.event.fp}/{m.event.fn}  event F1 {m.event.f1:.3f}  point F1 {m.point.f1:.3f}"
 
 
 def _grid(channel: str, ckpt_dir: str, cache_dir: str | None) -> tuple[str, dict[str, ChannelMetrics]]:
@@ -36,20 +32,8 @@ def _grid(channel: str, ckpt_dir: str, cache_dir: str | None) -> tuple[str, dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoints", default="checkpoints")
-    ap.add_argument("--cache", default=None, help="the evaluation's --score-cache folder")
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
-    from tqdm import tqdm
-
-    from smap_shared.data import default_source
-
-    channels = default_source(None).channels()
-    per: dict[str, dict[str, ChannelMetrics]] = {}
-    with ProcessPoolExecutor(args.jobs) as pool:
-        jobs = pool.map(_grid, channels, [args.checkpoints] * len(channels), [args.cache] * len(channels))
-        for ch, grid in tqdm(jobs, total=len(channels), desc="channels", unit="channel"):
-            per[ch] = grid
+    add_args(ap)
+    per = per_channel(_grid, ap.parse_args())
     for name, sel in SELECTORS.items():
         print(f"leave-one-family-out, {name:8s} {fmt(cross_validate(per, family, sel, name)[1])}")
     folds, held = nested_cross_validate(per)
